@@ -1,0 +1,44 @@
+# One command per job. `make setup` is implied by the others.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch==2.13.0 resolves to the CPU wheel on our machines; on a GPU box pick your build, e.g.
+#   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+GLUE_DIR ?= ../shared/data/glue
+RESULTS ?= results/raw
+
+.PHONY: setup test test-fast demo tables bench clean-results
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# the whole test suite (CPU, offline, < 15 minutes on 2 cores)
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+# a real job offline: MiniLM + LoRA on real RTE (local copy when present, else the hub), capped steps
+demo: setup
+	$(if $(wildcard $(GLUE_DIR)),HF_HUB_OFFLINE=1,) $(PY) train.py task=rte method=lora model=minilm \
+	  $(if $(wildcard $(GLUE_DIR)),data.dir=$(GLUE_DIR),) \
+	  task.max_seq_length=128 train.max_steps=300 train.eval_interval=100 results.root=results/demo
+
+# Tables I-IV, Figures 2-5 and the cost table from a results tree
+tables: setup
+	$(PY) scripts/make_tables.py --results $(RESULTS) --out results/tables
+
+# side-by-side speed/memory of every method (see docs/performance.md)
+bench: setup
+	$(PY) scripts/bench.py
+
+clean-results:
+	rm -rf results/raw results/tables results/demo

@@ -1,0 +1,67 @@
+"""Configuration errors, all raised before any data is tokenised or any model is built."""
+
+from __future__ import annotations
+
+import os
+
+from adarank.methods import REGISTRY, method_class
+from adarank.models import SOURCES
+
+TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "squad_v2")
+THRESHOLDS = ("none", "fixed", "linear", "nonlinear")
+PROGRESS = ("auto", "bar", "log", "off")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says how to fix it."""
+
+
+def check_static(cfg) -> str | None:
+    """Check everything knowable from the config alone; return the threshold the method runs with
+    (None for methods that do not grow ranks)."""
+    _one_of("task", cfg.task.name, TASKS)
+    _one_of("method", cfg.method.name, tuple(sorted(REGISTRY)))
+    _one_of("threshold", cfg.threshold.name, THRESHOLDS)
+    _one_of("model.source", cfg.model.source, SOURCES)
+    _one_of("train.progress", cfg.train.progress, PROGRESS)
+    _one_of("train.precision", cfg.train.precision, PRECISIONS)
+    for key in ("max_steps", "epochs", "eval_interval", "max_train_samples", "max_eval_samples"):
+        value = cfg.train.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"train.{key} must be a positive integer or null, got {value!r}")
+    if cfg.data.dir and not os.path.isdir(cfg.data.dir):
+        raise ConfigError(
+            f"data.dir={cfg.data.dir} does not exist; point it at a local GLUE folder "
+            "(TASK/train.tsv, TASK/dev.tsv) or a SQuAD 2.0 folder, or leave it null to use the hub"
+        )
+    if cfg.data.dir and cfg.task.kind == "glue":
+        from adarank.data.glue import GlueDataError, check_local_files
+
+        try:
+            check_local_files(cfg.task, cfg.data.dir)
+        except GlueDataError as err:
+            raise ConfigError(str(err)) from err
+    try:
+        threshold = method_class(cfg.method.name).resolve_threshold(cfg.threshold.name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return None if threshold == "none" else threshold
+
+
+def check_schedule(cfg, threshold: str | None, total_steps: int, num_examples: int) -> None:
+    """Checks that need the dataset size: the run must have steps, and the method's schedule
+    must fit into them."""
+    if total_steps < 1:
+        raise ConfigError(f"no optimizer steps: {num_examples} training examples, batch {cfg.task.batch_size}")
+    try:
+        method_class(cfg.method.name).check_config(
+            cfg.method, cfg.task, threshold or "none", cfg.model, total_steps
+        )
+    except ValueError as err:
+        raise ConfigError(f"method={cfg.method.name}: {err}") from err
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {key} {value!r}; choose one of: {', '.join(allowed)}")

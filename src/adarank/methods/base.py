@@ -1,0 +1,116 @@
+"""The interface every fine-tuning method implements.
+
+The training loop (``adarank.training.loop``) calls, in this order, for each optimizer step ``t``
+(0-based count of optimizer steps already taken, the ``global_step`` of the reference codes):
+
+    loss = model(**batch).loss + method.extra_loss(model)     # e.g. orthogonal regulariser
+    loss.backward(); clip_grad_norm_(trainable, max_grad_norm)
+    method.before_optimizer_step(ctx)                          # IncreLoRA / TriAdaptLoRA growth
+    optimizer.step(); scheduler.step()
+    method.after_optimizer_step(ctx)                           # AdaLoRA budget masking
+    optimizer.zero_grad()
+
+``prepare`` runs once, after the model is built and before the optimizer exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepContext:
+    """What a method sees at an optimizer step."""
+
+    step: int  # optimizer steps already taken (0 at the first step)
+    total_steps: int  # optimizer steps of the whole run (T)
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # adarank.training.optim.GrowingLinearSchedule
+
+
+class Method:
+    """Base class: full fine-tuning behaviour, no rank allocation."""
+
+    #: registry name, equal to the file name of its config in conf/method/
+    name: str = "base"
+    #: thresholds this method accepts ("none" = not a rank-growing method)
+    thresholds: tuple[str, ...] = ("none",)
+    #: threshold used when the user leaves ``threshold=none`` on a growing method
+    default_threshold: str = "none"
+
+    def __init__(self, cfg, task_cfg, threshold_cfg, model_cfg):
+        self.cfg = cfg  # the method config node
+        self.task = task_cfg
+        self.threshold = threshold_cfg
+        self.model_cfg = model_cfg
+        #: one dict per rank-allocation event, written to growth_log.jsonl
+        self.growth_log: list[dict] = []
+        #: wall seconds spent scoring / allocating ranks (reported in metrics.json costs)
+        self.allocation_seconds: float = 0.0
+
+    # -- configuration ---------------------------------------------------------------------
+    @classmethod
+    def resolve_threshold(cls, requested: str) -> str:
+        """The threshold this method runs with; raise ValueError for one it does not support."""
+        if requested == "none":
+            return cls.default_threshold
+        if requested not in cls.thresholds:
+            if cls.thresholds == ("none",):
+                raise ValueError(
+                    f"method={cls.name} does not grow ranks, so threshold={requested} does not apply "
+                    "to it; leave threshold at its default (none)"
+                )
+            raise ValueError(
+                f"method={cls.name} supports threshold in {list(cls.thresholds)}, not {requested!r}"
+            )
+        return requested
+
+    @classmethod
+    def check_config(cls, method_cfg, task_cfg, threshold: str, model_cfg, total_steps: int) -> None:
+        """Raise ValueError for any option that does not apply or cannot work (before any compute).
+
+        ``total_steps`` is the exact number of optimizer steps the run will take.
+        """
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Freeze / inject adapters; return the model to train."""
+        return model
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Called once before training with the exact number of optimizer steps."""
+
+    def lr_warmup_steps(self, total_steps: int) -> int | None:
+        """The LR warm-up this method uses, or None for the task's ``warmup_steps``."""
+        return None
+
+    def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
+        """Parameter groups for AdamW. Default: trainable params, no decay on biases and norms."""
+        from adarank.training.optim import default_param_groups
+
+        return default_param_groups(model, weight_decay)
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        pass
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        pass
+
+    def rank_pattern(self, model: nn.Module) -> dict[str, int] | None:
+        """Final rank per adapted module (None for methods without ranks)."""
+        return None
+
+    def summary(self, model: nn.Module) -> dict:
+        """Extra method-specific facts for metrics.json (e.g. final total rank)."""
+        pattern = self.rank_pattern(model)
+        if pattern is None:
+            return {}
+        return {"total_rank": int(sum(pattern.values())), "adapted_modules": len(pattern)}

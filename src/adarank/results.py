@@ -1,0 +1,142 @@
+"""Run folders under results/raw, atomic result files, skip-if-done and provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+SCHEMA_VERSION = 1
+METRICS_FILE = "metrics.json"
+# config keys that do not change what a run computes: left out of the run's identity hash
+NON_SEMANTIC_KEYS = (
+    "force",
+    "logger",
+    "results",
+    "data.dir",
+    "data.cache_dir",
+    "model.local_path",
+    "train.device",
+    "train.progress",
+    "train.num_workers",
+    "train.log_interval",
+    "train.eval_batch_size",
+)
+# overrides that already name the folder (task/method label/seed) or are not semantic
+IDENTITY_OVERRIDES = ("task", "method", "threshold", "seed") + NON_SEMANTIC_KEYS
+PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "adarank")
+
+
+def method_label(method: str, threshold: str | None) -> str:
+    return f"{method}-{threshold}" if threshold else method
+
+
+def config_hash(cfg) -> str:
+    """8 hex digits identifying everything in ``cfg`` that changes the computation."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    for key in NON_SEMANTIC_KEYS:
+        node, *rest = key.split(".")
+        if not rest:
+            container.pop(node, None)
+        elif isinstance(container.get(node), dict):
+            container[node].pop(rest[0], None)
+    text = json.dumps(container, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def variant_slug(overrides: list[str]) -> str:
+    """A readable name for the overrides that are not already part of the folder path."""
+    kept = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key in IDENTITY_OVERRIDES or key.split(".")[0] in ("hydra", "logger", "results"):
+            continue
+        kept.append(item.lstrip("+~"))
+    if not kept:
+        return "default"
+    slug = re.sub(r"[^A-Za-z0-9_.=,-]+", "_", ",".join(sorted(kept)))
+    return slug[:80]
+
+
+def run_dir(cfg, threshold: str | None, overrides: list[str]) -> Path:
+    label = method_label(cfg.method.name, threshold)
+    variant = f"{variant_slug(overrides)}-{config_hash(cfg)}"
+    return Path(cfg.results.root) / cfg.task.name / label / f"seed{cfg.seed}" / variant
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / METRICS_FILE).is_file()
+
+
+def prepare_folder(folder: Path) -> None:
+    """Create the run folder, clearing what an interrupted earlier attempt left there."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(obj, handle, indent=2, sort_keys=False, default=_jsonable)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows) -> None:
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def provenance(device) -> dict:
+    root = Path(__file__).resolve().parents[2]
+    return {
+        "git_sha": _git(root, "rev-parse", "HEAD"),
+        "git_dirty": bool(_git(root, "status", "--porcelain", "--untracked-files=no")),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "device": _device_name(device),
+        "python": platform.python_version(),
+    }
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"

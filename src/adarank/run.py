@@ -1,0 +1,107 @@
+"""One run: validate, create the run folder, load data and model, train, write results.
+
+``run(cfg)`` is a plain function (``train.py`` is a thin Hydra shim over it), so tests call it
+in-process with a config composed by Hydra's compose API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from adarank import checks, results
+from adarank.data import build_task_data
+from adarank.methods import method_class
+from adarank.models import load_model, load_tokenizer
+from adarank.training.loop import pick_device, plan_total_steps, train
+
+log = logging.getLogger("adarank")
+
+
+def run(cfg, overrides: list[str] | None = None) -> dict:
+    """Run one experiment; return the metrics.json content (or the existing one when skipped).
+
+    ``overrides`` are the command-line overrides, used only to give the run folder a readable
+    name (the folder always carries a hash of the resolved config as well).
+    """
+    wall_start = time.perf_counter()
+    threshold = checks.check_static(cfg)
+    folder = results.run_dir(cfg, threshold, overrides or [])
+    if results.is_complete(folder) and not cfg.force:
+        log.info("skipping %s: metrics.json exists (force=true reruns it)", folder)
+        return json.loads((folder / results.METRICS_FILE).read_text())
+
+    _seed_everything(int(cfg.seed))
+    tokenizer = load_tokenizer(cfg.model, cfg.data.cache_dir)
+    task_data = build_task_data(cfg.task, cfg.data, cfg.train, tokenizer)
+    epochs = cfg.train.epochs or cfg.task.epochs
+    total_steps = plan_total_steps(len(task_data.train_dataset), cfg.task.batch_size, epochs, cfg.train.max_steps)
+    checks.check_schedule(cfg, threshold, total_steps, len(task_data.train_dataset))
+
+    results.prepare_folder(folder)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    from adarank.tracking import make_tracker
+
+    tracker = make_tracker(cfg, folder)
+    exit_code = 1
+    try:
+        _seed_everything(int(cfg.seed))  # the head's initialisation depends on the seed
+        model = load_model(cfg.model, task_data.head, task_data.num_labels, float(cfg.task.cls_dropout), cfg.data.cache_dir)
+        threshold_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.threshold), "name": threshold or "none"})
+        method = method_class(cfg.method.name)(cfg.method, cfg.task, threshold_cfg, cfg.model)
+        model = method.prepare(model)
+        device = pick_device(cfg.train.device)
+        model.to(device)
+        log.info(
+            "%s / %s on %s: %d optimizer steps, results in %s",
+            cfg.task.name, results.method_label(cfg.method.name, threshold), cfg.model.name, total_steps, folder,
+        )
+        with open(folder / "train_log.jsonl", "w") as train_log:
+            outcome = train(model, method, task_data, cfg, total_steps, train_log, tracker, device)
+        pattern = method.rank_pattern(model)
+        results.write_json_atomic(folder / "rank_pattern.json", pattern or {})
+        results.write_jsonl(folder / "growth_log.jsonl", method.growth_log)
+        for event in method.growth_log:
+            tracker.log_growth(event)
+        metrics = {
+            "schema_version": results.SCHEMA_VERSION,
+            "status": "completed",
+            "task": cfg.task.name,
+            "method": cfg.method.name,
+            "threshold": threshold,
+            "seed": int(cfg.seed),
+            "model": cfg.model.name,
+            "variant": folder.name,
+            "primary_metric": cfg.task.primary_metric,
+            "best": outcome.best,
+            "final": outcome.final,
+            "evaluations": outcome.evaluations,
+            "costs": {"wall_seconds": time.perf_counter() - wall_start, **outcome.costs},
+            "rank": method.summary(model),
+            "data": task_data.info,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "provenance": results.provenance(device),
+        }
+        tracker.log_summary(metrics)
+        # metrics.json last: its presence marks the run complete
+        results.write_json_atomic(folder / results.METRICS_FILE, metrics)
+        exit_code = 0
+    finally:
+        tracker.finish(exit_code)
+    log.info("%s: best %s %.2f, final %.2f", folder, cfg.task.primary_metric,
+             metrics["best"][cfg.task.primary_metric], metrics["final"][cfg.task.primary_metric])
+    return metrics
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

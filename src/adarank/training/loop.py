@@ -1,0 +1,185 @@
+"""The optimizer-step loop: AdamW, linear warm-up/decay, clipping, method hooks, periodic dev
+evaluation, progress and cost accounting."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from adarank.methods.base import StepContext
+from adarank.models import count_trainable
+from adarank.training.optim import GrowingLinearSchedule, build_optimizer
+
+log = logging.getLogger("adarank")
+
+
+def plan_total_steps(num_examples: int, batch_size: int, epochs: int, max_steps=None) -> int:
+    """Optimizer steps of a run: ceil(examples / batch) x epochs, capped by ``max_steps``."""
+    total = math.ceil(num_examples / batch_size) * int(epochs)
+    if max_steps:
+        total = min(total, int(max_steps))
+    return total
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class TrainResult:
+    best: dict = field(default_factory=dict)
+    final: dict = field(default_factory=dict)
+    evaluations: int = 0
+    costs: dict = field(default_factory=dict)
+
+
+class Progress:
+    """A tqdm bar on a terminal; periodic log lines otherwise (SLURM logs, CI)."""
+
+    def __init__(self, mode: str, total: int, log_interval: int):
+        use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.quiet = mode == "off"
+        self.log_interval = max(1, log_interval)
+        self.total = total
+        self.bar = None
+        if use_bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, loss: float, lr: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        elif not self.quiet and (step % self.log_interval == 0 or step == self.total):
+            log.info("step %d/%d loss %.4f lr %.3e", step, self.total, loss, lr)
+
+    def note(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)
+        elif not self.quiet:
+            log.info(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, device) -> TrainResult:
+    """Train ``model`` for ``total_steps`` optimizer steps; return best/final dev metrics and costs.
+
+    ``train_log`` is an open text file receiving one JSON line per log or evaluation event.
+    """
+    task, tcfg = cfg.task, cfg.train
+    primary = task.primary_metric
+    eval_interval = int(tcfg.eval_interval or task.eval_interval)
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    loader = torch.utils.data.DataLoader(
+        task_data.train_dataset,
+        batch_size=int(task.batch_size),
+        shuffle=True,
+        generator=generator,
+        collate_fn=task_data.collate,
+        num_workers=int(tcfg.num_workers),
+    )
+    method.set_total_steps(total_steps)
+    optimizer = build_optimizer(method.optimizer_groups(model, float(task.weight_decay)), float(task.lr))
+    warmup = method.lr_warmup_steps(total_steps)
+    scheduler = GrowingLinearSchedule(optimizer, task.warmup_steps if warmup is None else warmup, total_steps)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if tcfg.precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    result = TrainResult()
+    trainable_start = count_trainable(model)
+    step_seconds: list[float] = []
+    progress = Progress(tcfg.progress, total_steps, int(tcfg.log_interval))
+
+    def write(record: dict) -> None:
+        train_log.write(json.dumps(record) + "\n")
+        train_log.flush()
+
+    def run_evaluation(step: int, final: bool) -> dict:
+        metrics = task_data.evaluate(model, device, final=final)
+        result.evaluations += 1
+        write({"step": step, "eval": metrics, "final": final})
+        tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+        if not result.best or metrics[primary] > result.best[primary]:
+            result.best = {**metrics, "step": step}
+        progress.note(f"eval at step {step}: {primary} {metrics[primary]:.2f} (best {result.best[primary]:.2f})")
+        return metrics
+
+    step = 0
+    start = time.perf_counter()
+    model.train()
+    while step < total_steps:
+        for batch in loader:
+            if step >= total_steps:
+                break
+            tick = time.perf_counter()
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast:
+                loss = model(**batch).loss
+                extra = method.extra_loss(model)
+                total_loss = loss if extra is None else loss + extra
+            total_loss.backward()
+            trainable = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(trainable, float(tcfg.max_grad_norm))
+            ctx = StepContext(step, total_steps, model, optimizer, scheduler)
+            method.before_optimizer_step(ctx)
+            optimizer.step()
+            scheduler.step()
+            method.after_optimizer_step(ctx)
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_seconds.append(time.perf_counter() - tick)
+
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step}")
+            lr = optimizer.param_groups[0]["lr"]
+            progress.update(step, loss_value, lr)
+            if step % int(tcfg.log_interval) == 0 or step == 1:
+                record = {"step": step, "loss": loss_value, "lr": lr}
+                if extra is not None:
+                    record["extra_loss"] = float(extra.detach())
+                write(record)
+                tracker.log({"train/loss": loss_value, "train/lr": lr}, step)
+            if step % eval_interval == 0 and step < total_steps:
+                run_evaluation(step, final=False)
+    train_seconds = time.perf_counter() - start
+    progress.close()
+    result.final = {**run_evaluation(step, final=True), "step": step}
+    result.costs = {
+        "train_seconds": train_seconds,
+        "optimizer_steps": step,
+        "median_step_seconds": statistics.median(step_seconds) if step_seconds else 0.0,
+        "allocation_seconds": float(method.allocation_seconds),
+        "peak_memory_mb": peak_memory_mb(device),
+        "trainable_params_start": trainable_start,
+        "trainable_params_end": count_trainable(model),
+    }
+    return result

@@ -1,0 +1,115 @@
+"""AdamW and a linear warm-up/decay schedule that also schedules parameter groups added mid-run.
+
+Rank-growing methods (IncreLoRA, TriAdaptLoRA) add new parameters with
+``optimizer.add_param_group``. A stock ``torch.optim.lr_scheduler.LambdaLR`` only knows the groups
+it was built with and silently leaves added groups at their initial (peak) learning rate for the
+rest of training. ``GrowingLinearSchedule`` gives every added group a schedule and refuses to
+step while an optimizer group exists that it was not told about.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layernorm.weight", "layer_norm.weight", "norm.weight")
+
+
+def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters split as transformers' Trainer does: no decay on biases and norms."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if any(m in name for m in NO_DECAY_MARKERS) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(groups: list[dict], lr: float) -> torch.optim.AdamW:
+    if not any(g["params"] for g in groups):
+        raise ValueError("the method left no trainable parameters")
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int) -> float:
+    """transformers' get_linear_schedule_with_warmup factor at a 0-based step."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+class GrowingLinearSchedule:
+    """Linear warm-up then linear decay to 0 at ``total_steps``, per parameter group.
+
+    Groups present at construction follow the run's schedule. A group added later with
+    :meth:`add_param_group` follows one of two policies (methods.md A17):
+
+    * ``"restart"`` (IncreLoRA's ``Multi_LambdaLR``, the default): the group gets its own linear
+      warm-up of ``warmup_steps`` from 0, then decays linearly to 0 at the run's last step; its
+      clock starts at the step it was added, and its horizon is ``total_steps - added_at``.
+    * ``"global"``: the group uses the run's factor at the current step.
+
+    Usage matches torch schedulers: call :meth:`step` once after every ``optimizer.step()``.
+    """
+
+    POLICIES = ("restart", "global")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+        self.optimizer = optimizer
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.steps_done = 0  # number of step() calls (= optimizer steps taken)
+        # one record per optimizer group, in order: (peak lr, policy, step the group was added)
+        self._groups: list[tuple[float, str, int]] = [
+            (group["lr"], "global", 0) for group in optimizer.param_groups
+        ]
+        self._apply()
+
+    def add_param_group(
+        self, params: Iterable[nn.Parameter], weight_decay: float, policy: str = "restart", **extra
+    ) -> dict:
+        """Add ``params`` to the optimizer as a new group scheduled by ``policy``; return the group."""
+        if policy not in self.POLICIES:
+            raise ValueError(f"unknown new-group lr policy {policy!r}; choose one of {self.POLICIES}")
+        self._check_known()
+        peak = self.optimizer.defaults["lr"]
+        self.optimizer.add_param_group({"params": list(params), "weight_decay": weight_decay, **extra})
+        self._groups.append((peak, policy, self.steps_done))
+        self._apply()
+        return self.optimizer.param_groups[-1]
+
+    def factor(self, group_index: int) -> float:
+        peak, policy, added_at = self._groups[group_index]
+        if policy == "global":
+            return linear_warmup_decay(self.steps_done, self.warmup_steps, self.total_steps)
+        return linear_warmup_decay(
+            self.steps_done - added_at, self.warmup_steps, self.total_steps - added_at
+        )
+
+    def step(self) -> None:
+        self._check_known()
+        self.steps_done += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"steps_done": self.steps_done, "groups": list(self._groups)}
+
+    def _apply(self) -> None:
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = self._groups[i][0] * self.factor(i)
+
+    def _check_known(self) -> None:
+        if len(self.optimizer.param_groups) != len(self._groups):
+            raise RuntimeError(
+                f"the optimizer has {len(self.optimizer.param_groups)} parameter groups but the "
+                f"scheduler knows {len(self._groups)}: add groups with "
+                "GrowingLinearSchedule.add_param_group so that they are scheduled"
+            )

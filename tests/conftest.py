@@ -1,0 +1,141 @@
+"""Shared fixtures: Hydra configs composed from conf/, a tiny synthetic GLUE folder, real data paths.
+
+Everything runs offline: the hub is never contacted (HF_HUB_OFFLINE), wandb is disabled unless a
+test turns it on, and models are the random tiny DeBERTaV2 (or the packaged MiniLM).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+SHARED_GLUE = REPO.parent / "shared" / "data" / "glue"
+
+# what every in-process test run uses unless the test overrides it
+FAST_DEFAULTS = {
+    "model": "tiny",
+    "train.max_steps": "4",
+    "train.progress": "off",
+    "train.eval_batch_size": "32",
+}
+
+
+def compose(overrides: list[str]):
+    """The config ``python train.py <overrides>`` would run with."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def merge_overrides(defaults: dict, overrides: list[str]) -> list[str]:
+    """Later keys win; Hydra itself refuses the same key twice."""
+    merged = dict(defaults)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+@pytest.fixture
+def make_cfg(tmp_path, tiny_glue_dir):
+    """make_cfg([...overrides]) -> (cfg, overrides): a fast tiny-model config writing under tmp_path."""
+
+    def make(overrides: list[str] = ()):
+        defaults = {
+            **FAST_DEFAULTS,
+            "data.dir": str(tiny_glue_dir),
+            "results.root": str(tmp_path / "results"),
+        }
+        final = merge_overrides(defaults, list(overrides))
+        return compose(final), final
+
+    return make
+
+
+# --- a tiny synthetic GLUE folder in the classic layout -------------------------------------------
+WORDS = "alpha beta gamma delta river stone cloud green small quick bright heavy".split()
+
+
+def _sentence(rng: random.Random, marker: str | None) -> str:
+    words = rng.sample(WORDS, 5)
+    if marker:
+        words.insert(rng.randrange(len(words)), marker)
+    return " ".join(words) + " ."
+
+
+def _rows(task: str, n: int, rng: random.Random) -> tuple[list[str] | None, list[list[str]]]:
+    """Header and rows; the label is carried by a marker word, so a model can learn it."""
+    rows = []
+    for i in range(n):
+        label = i % 2
+        a = _sentence(rng, "yes" if label else "no")
+        b = _sentence(rng, None)
+        if task == "cola":
+            rows.append(["src", str(label), "*" if not label else "", a])
+        elif task == "sst2":
+            rows.append([a, str(label)])
+        elif task == "mrpc":
+            rows.append([str(label), str(1000 + i), str(2000 + i), a, b])
+        elif task == "stsb":
+            rows.append([str(i), "main", "f", "2012", f"{i:04d}", "none", "none", a, b, f"{label * 4 + 0.5:.3f}"])
+        elif task == "qqp":
+            rows.append([str(i), str(2 * i), str(2 * i + 1), a, b, str(label)])
+        elif task == "mnli":
+            gold = ["entailment", "neutral", "contradiction"][i % 3]
+            rows.append([str(i), "0", "0", "fiction", "x", "x", "x", "x", a, b, gold, gold])
+        elif task == "qnli":
+            rows.append([str(i), a, b, ["entailment", "not_entailment"][label]])
+        else:  # rte
+            rows.append([str(i), a, b, ["entailment", "not_entailment"][label]])
+    headers = {
+        "cola": None,
+        "sst2": ["sentence", "label"],
+        "mrpc": ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+        "stsb": ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"],
+        "qqp": ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+        "mnli": ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+                 "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"],
+        "qnli": ["index", "question", "sentence", "label"],
+        "rte": ["index", "sentence1", "sentence2", "label"],
+    }
+    return headers[task], rows
+
+
+FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
+           "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE"}
+
+
+def write_tiny_glue(root: Path, train_rows: int = 48, dev_rows: int = 24) -> Path:
+    rng = random.Random(0)
+    for task, folder in FOLDERS.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        dev_files = ["dev_matched.tsv", "dev_mismatched.tsv"] if task == "mnli" else ["dev.tsv"]
+        for name, n in [("train.tsv", train_rows)] + [(f, dev_rows) for f in dev_files]:
+            header, rows = _rows(task, n, rng)
+            lines = ([header] if header else []) + rows
+            (root / folder / name).write_text("".join("\t".join(r) + "\n" for r in lines))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_glue_dir(tmp_path_factory) -> Path:
+    return write_tiny_glue(tmp_path_factory.mktemp("glue"))
+
+
+@pytest.fixture
+def real_glue_dir() -> Path:
+    if not (SHARED_GLUE / "RTE" / "train.tsv").is_file():
+        pytest.skip(f"real GLUE data not found at {SHARED_GLUE}")
+    return SHARED_GLUE
