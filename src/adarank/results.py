@@ -140,3 +140,32 @@ def _device_name(device) -> str:
 
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+REQUIRED_METRICS_KEYS = (
+    "schema_version", "status", "task", "method", "threshold", "seed", "model", "variant",
+    "primary_metric", "best", "final", "evaluations", "costs", "rank", "config", "provenance",
+)
+REQUIRED_COSTS = (
+    "wall_seconds", "train_seconds", "optimizer_steps", "median_step_seconds", "allocation_seconds",
+    "peak_memory_mb", "trainable_params_start", "trainable_params_end",
+)
+RUN_FILES = ("metrics.json", "config.yaml", "train_log.jsonl", "rank_pattern.json", "growth_log.jsonl")
+
+
+def validate_run_folder(folder: Path) -> list[str]:
+    """Problems with a finished run folder (empty list = complete and schema-valid)."""
+    problems = [f"missing {name}" for name in RUN_FILES if not (folder / name).is_file()]
+    if problems:
+        return problems
+    metrics = json.loads((folder / METRICS_FILE).read_text())
+    problems += [f"metrics.json lacks {k}" for k in REQUIRED_METRICS_KEYS if k not in metrics]
+    problems += [f"costs lack {k}" for k in REQUIRED_COSTS if k not in metrics.get("costs", {})]
+    primary = metrics.get("primary_metric")
+    for which in ("best", "final"):
+        if primary not in metrics.get(which, {}) or "step" not in metrics.get(which, {}):
+            problems.append(f"{which} lacks {primary} or step")
+    for line in (folder / "growth_log.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        problems += [f"growth event lacks {k}" for k in ("step", "k", "total_rank") if k not in event]
+    return problems
