@@ -1,0 +1,173 @@
+"""IncreLoRA's adapted linear layer and its orthogonal regulariser (methods.md §1.1, §1.2, §1.5).
+
+A wrapped frozen ``nn.Linear`` computes
+
+    y = W0 x + b + dropout(x) ΔWᵀ,     ΔW = B (A ⊙ E) · alpha / (ranknum + 1e-5)
+
+with ``A`` (R x in), ``E`` (R x 1), ``B`` (out x R) the concatenations of rank-1 blocks (IncreLoRA
+keeps every rank as its own parameter so that ranks can be appended without touching the
+optimizer state of the existing ones). ``ranknum`` counts the *activated* ranks; the trailing
+"reserve" ranks of advance learning take part in the forward pass with E frozen at 1e-5 but are
+not counted.
+
+Importance (official ``SVDLinear.backward_hook``): for every backward pass while scoring is on,
+
+    s = Σ_ij |ΔW_ij · ∂L/∂ΔW_ij| / sqrt(out · in)        (score_norm="sqrt_numel", the official code)
+    s = mean_ij |ΔW_ij · ∂L/∂ΔW_ij|                      (score_norm="numel")
+
+where ∂L/∂ΔW = Gᵀ dropout(x), G = ∂L/∂y over all tokens. The official code materialises the dense
+ΔW in the forward pass to hook it; we keep the low-rank forward and form Gᵀ dropout(x) in a hook
+on the adapter output, which is the same quantity (and costs nothing once scoring stops).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Iterable
+
+import torch
+from torch import nn
+
+RESERVE_E = 1e-5  # E value of the advance-learning reserve ranks (official add_reserve_param)
+INIT_STD = 0.02  # A, B ~ N(0, 0.02^2) (official reset_parameters / add_reserve_param)
+SCORE_NORMS = ("sqrt_numel", "numel")
+
+
+class IncreLinear(nn.Module):
+    """A frozen linear layer plus IncreLoRA's growable low-rank update (see the module docstring)."""
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        init_rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        score_norm: str = "sqrt_numel",
+    ):
+        super().__init__()
+        if score_norm not in SCORE_NORMS:
+            raise ValueError(f"score_norm must be one of {SCORE_NORMS}, not {score_norm!r}")
+        self.base = base
+        for param in base.parameters():
+            param.requires_grad = False
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.scaling = float(alpha)
+        self.score_norm = score_norm
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        weight = base.weight
+        self.lora_A = nn.ParameterList(
+            [nn.Parameter(weight.new_empty(init_rank, self.in_features).normal_(0.0, INIT_STD))]
+        )
+        self.lora_E = nn.ParameterList([nn.Parameter(weight.new_zeros(init_rank, 1))])
+        self.lora_B = nn.ParameterList(
+            [nn.Parameter(weight.new_empty(self.out_features, init_rank).normal_(0.0, INIT_STD))]
+        )
+        self.register_buffer("ranknum", weight.new_tensor(float(init_rank)))
+        self.num_reserve = 0  # trailing rank-1 blocks that are reserve (not counted in ranknum)
+        #: compute the importance score in backward passes (off once the budget is spent)
+        self.scoring = True
+        #: importance of the last backward pass (0-dim tensor; None before the first one)
+        self.score: torch.Tensor | None = None
+        self.hook_calls = 0
+        self.hook_seconds = 0.0
+
+    # -- parameters ------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        """Activated ranks (reserve excluded)."""
+        return int(round(float(self.ranknum)))
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A, E, B) concatenated over every rank-1 block, reserve included."""
+        return torch.cat(list(self.lora_A), 0), torch.cat(list(self.lora_E), 0), torch.cat(list(self.lora_B), 1)
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = B (A ⊙ E) · alpha / (ranknum + 1e-5), reserve included (official ``loraW``)."""
+        a, e, b = self.matrices()
+        return b @ (a * e) * (self.scaling / (self.ranknum + 1e-5))
+
+    def add_reserve(self, count: int) -> list[nn.Parameter]:
+        """Append ``count`` reserve ranks: E frozen at 1e-5, A and B ~ N(0, 0.02) trainable.
+
+        Returns the new trainable parameters (A and B blocks) for the optimizer.
+        """
+        weight = self.lora_A[0]
+        new = []
+        for _ in range(count):
+            e = nn.Parameter(weight.new_full((1, 1), RESERVE_E), requires_grad=False)
+            a = nn.Parameter(weight.new_empty(1, self.in_features).normal_(0.0, INIT_STD))
+            b = nn.Parameter(weight.new_empty(self.out_features, 1).normal_(0.0, INIT_STD))
+            self.lora_E.append(e)
+            self.lora_A.append(a)
+            self.lora_B.append(b)
+            new += [a, b]
+        self.num_reserve += count
+        return new
+
+    def activate_reserve(self) -> list[nn.Parameter]:
+        """Turn every reserve rank into an active one (official ``increase_to_target_rank``):
+        ranknum grows by the reserve size and the reserve E blocks become trainable (they keep
+        their value 1e-5). Returns those E blocks, which are new to the optimizer."""
+        count = self.num_reserve
+        if count == 0:
+            return []
+        activated = list(self.lora_E)[-count:]
+        for e in activated:
+            e.requires_grad = True
+        self.ranknum += count
+        self.num_reserve = 0
+        return activated
+
+    def zero_reserve(self) -> None:
+        """Set the reserve E blocks to 0 (official behaviour when the budget is exactly met)."""
+        with torch.no_grad():
+            for e in list(self.lora_E)[len(self.lora_E) - self.num_reserve :]:
+                e.zero_()
+
+    # -- forward / scoring -----------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        a, e, b = self.matrices()
+        xd = self.lora_dropout(x).to(a.dtype)
+        update = (xd @ (a * e).t()) @ b.t() * (self.scaling / (self.ranknum + 1e-5))
+        if self.scoring and self.training and update.requires_grad:
+            update.register_hook(self._make_score_hook(xd))
+        return result + update.to(result.dtype)
+
+    def _make_score_hook(self, xd: torch.Tensor):
+        def hook(grad_out: torch.Tensor) -> None:
+            start = time.perf_counter()
+            with torch.no_grad():
+                g = grad_out.reshape(-1, self.out_features).to(xd.dtype)
+                grad_delta = g.t() @ xd.reshape(-1, self.in_features)  # ∂L/∂ΔW (out x in)
+                self.score = importance(self.delta_weight(), grad_delta, self.score_norm)
+            self.hook_calls += 1
+            self.hook_seconds += time.perf_counter() - start
+
+        return hook
+
+
+def importance(delta: torch.Tensor, grad_delta: torch.Tensor, score_norm: str = "sqrt_numel") -> torch.Tensor:
+    """Σ|ΔW ⊙ ∂L/∂ΔW| / sqrt(numel) (official) or its mean over the entries (``numel``)."""
+    total = (delta.detach().float() * grad_delta.float()).abs().sum()
+    n = delta.numel()
+    return total / (math.sqrt(n) if score_norm == "sqrt_numel" else n)
+
+
+def gram_orth_penalty(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
+    """IncreLoRA/AdaLoRA orthogonal regulariser in its unsquared Gram form (reading A15):
+
+        R = mean over the 2M matrices of ||A Aᵀ - I||_F and ||Bᵀ B - I||_F,
+
+    for pairs (A: r x in, B: out x r). Returns None when there are no pairs.
+    """
+    total, count = None, 0
+    for a, b in pairs:
+        for gram in (a @ a.t(), b.t() @ b):
+            eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
+            term = torch.linalg.matrix_norm(gram - eye, ord="fro")
+            total = term if total is None else total + term
+            count += 1
+    return None if total is None else total / count
