@@ -21,10 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 # the whole test suite (CPU, offline, < 15 minutes on 2 cores)
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 # a real job offline: MiniLM + LoRA on real RTE (local copy when present, else the hub), capped steps
 demo: setup
