@@ -1,0 +1,104 @@
+"""Inject, save, load and merge TriAdapt layers.
+
+A saved adapter is a folder with ``adapter_config.json`` (per-module block sizes, hence the rank
+pattern, plus α, dropout and init std) and ``adapter.pt`` (every trainable tensor: the TriAdapt
+factors and the fully trained heads). Loading rebuilds the same blocks in a fresh backbone and
+restores the tensors, so predictions are identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+
+from adarank.methods.triadapt.layer import TriAdaptLinear
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.pt"
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def inject(
+    model: nn.Module, names: list[str], alpha: float, init_rank: int, dropout: float, init_std: float
+) -> dict[str, TriAdaptLinear]:
+    """Replace each named nn.Linear by a TriAdaptLinear wrapping it; return name -> layer."""
+    layers = {}
+    for name in names:
+        base = model.get_submodule(name)
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"{name} is a {type(base).__name__}, not an nn.Linear")
+        layer = TriAdaptLinear(base, alpha, init_rank=init_rank, dropout=dropout, init_std=init_std)
+        _set_submodule(model, name, layer)
+        layers[name] = layer
+    return layers
+
+
+def triadapt_layers(model: nn.Module) -> dict[str, TriAdaptLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, TriAdaptLinear)}
+
+
+def save_adapter(model: nn.Module, folder: str) -> None:
+    """Write the block structure and every trainable tensor of ``model`` to ``folder``."""
+    layers = triadapt_layers(model)
+    if not layers:
+        raise ValueError("the model has no TriAdapt layer to save")
+    first = next(iter(layers.values()))
+    dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
+    config = {
+        "method": "triadapt",
+        "alpha": first.lora_alpha,
+        "dropout": dropout,
+        "init_std": first.init_std,
+        "blocks": {name: list(layer.blocks) for name, layer in layers.items()},
+        "rank_pattern": {name: layer.rank for name, layer in layers.items()},
+    }
+    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=1)
+    torch.save(state, os.path.join(folder, WEIGHTS_FILE))
+
+
+def load_adapter(model: nn.Module, folder: str) -> dict[str, TriAdaptLinear]:
+    """Rebuild the saved TriAdapt blocks inside a fresh ``model`` and load the saved tensors.
+
+    Every saved tensor must land in the model (a mismatch raises)."""
+    with open(os.path.join(folder, CONFIG_FILE)) as f:
+        config = json.load(f)
+    blocks = config["blocks"]
+    layers = inject(
+        model, list(blocks), config["alpha"], blocks[next(iter(blocks))][0], config["dropout"],
+        config["init_std"],
+    )
+    for name, sizes in blocks.items():
+        layer = layers[name]
+        if layer.blocks[0] != sizes[0]:  # initial block sizes may differ per module in principle
+            raise ValueError(f"{name}: saved initial block {sizes[0]} != {layer.blocks[0]}")
+        for size in sizes[1:]:
+            layer.grow(size)
+    state = torch.load(os.path.join(folder, WEIGHTS_FILE), map_location="cpu")
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"saved tensors not found in the model: {result.unexpected_keys[:5]}")
+    missing = [key for key in result.missing_keys if ".tri_" in key]
+    if missing:
+        raise ValueError(f"adapter tensors missing from the saved file: {missing[:5]}")
+    for name, layer in layers.items():
+        if layer.rank != config["rank_pattern"][name]:
+            raise ValueError(f"{name}: rank {layer.rank} != saved {config['rank_pattern'][name]}")
+    return layers
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every TriAdapt update into its base weight (W0 + α/(r+ε)·B(L+U)A), in place."""
+    for name, layer in triadapt_layers(model).items():
+        _set_submodule(model, name, layer.merged_linear())
+    return model

@@ -1,0 +1,182 @@
+"""The TriAdaptLoRA layer: h = W0 x + α/(r+ε) · B (L + U) A x  (paper Eq. 4-5), growable by
+Eq. 6-9.
+
+Storage. The rank grows in *blocks*: the initial block (r_init ranks) and one block of Δr ranks
+per growth event of this module. Block b, covering ranks o..o+s-1, owns four parameters:
+
+* ``tri_A[b]`` (s × n): the new rows of A (Eq. 6);
+* ``tri_B[b]`` (d × s): the new columns of B (Eq. 7);
+* ``tri_L[b]``: the new rows of L, packed row by row, row o+i holding columns 0..o+i only —
+  [L_down | L_aug] of Eq. 8 with L_aug lower-triangular *including* the diagonal (reading A12);
+* ``tri_U[b]``: the new columns of U, packed column by column, column o+j holding rows 0..o+j —
+  [U_up ; U_aug] of Eq. 9 with U_aug upper-triangular including the diagonal.
+
+The strictly-upper part of L and the strictly-lower part of U are not parameters at all, so they
+stay zero whatever the optimizer does. D = L + U is assembled by one ``index_add`` of the packed
+values into an r × r matrix (the diagonal receives L_jj + U_jj). A growth appends new parameters
+and never touches existing ones, so the optimizer state of existing parameters is kept as is.
+
+Forward cost: one concatenation of A and of B per block count (not per rank), one r×r assembly,
+and x → xAᵀ → (·)Dᵀ → (·)Bᵀ; the d × n ΔW is never formed (only :meth:`delta_weight`, used for
+merging and as a test oracle, forms it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EPS = 1e-5  # ε of Eq. 5 (reading A14)
+
+
+class TriAdaptLinear(nn.Module):
+    """An ``nn.Linear`` (kept frozen as ``base``) plus the growable update B(L+U)A."""
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        alpha: float,
+        init_rank: int = 1,
+        dropout: float = 0.0,
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        if init_rank < 1:
+            raise ValueError(f"init_rank must be >= 1, got {init_rank}")
+        self.base = base
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.lora_alpha = float(alpha)
+        self.init_std = float(init_std)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.tri_A = nn.ParameterList()
+        self.tri_B = nn.ParameterList()
+        self.tri_L = nn.ParameterList()
+        self.tri_U = nn.ParameterList()
+        self.blocks: list[int] = []  # ranks per block, in order
+        self.rank = 0
+        # (row, col) of every packed L value, then of every packed U value, in parameter order
+        self._rows: list[int] = []
+        self._cols: list[int] = []
+        self._num_l = 0  # how many of them belong to L
+        self.register_buffer("_d_index", torch.zeros(0, dtype=torch.long), persistent=False)
+        # B starts at zero so that the adapted model equals the backbone at step 0 (§III-B, A13)
+        self.grow(init_rank, zero_b=True)
+
+    # -- structure -------------------------------------------------------------------------
+    @property
+    def scaling(self) -> float:
+        """α / (r + ε) of Eq. 5 with r the module's current rank (A14)."""
+        return self.lora_alpha / (self.rank + EPS)
+
+    def grow(self, size: int, zero_b: bool = False) -> list[nn.Parameter]:
+        """Append ``size`` ranks (Eq. 6-9); return the new parameters (to give to the optimizer).
+
+        New entries of A, B, L, U are N(0, init_std²) (A12, A13); B of the initial block is 0.
+        """
+        if size < 1:
+            raise ValueError(f"a growth adds at least one rank, got {size}")
+        weight = self.base.weight
+        like = {"device": weight.device, "dtype": weight.dtype}
+        old, new = self.rank, self.rank + size
+        packed = size * old + size * (size + 1) // 2  # L_down + lower-triangular L_aug
+        a = nn.Parameter(torch.empty(size, self.in_features, **like).normal_(0.0, self.init_std))
+        b = torch.zeros(self.out_features, size, **like)
+        if not zero_b:
+            b.normal_(0.0, self.init_std)
+        b = nn.Parameter(b)
+        lower = nn.Parameter(torch.empty(packed, **like).normal_(0.0, self.init_std))
+        upper = nn.Parameter(torch.empty(packed, **like).normal_(0.0, self.init_std))
+        self.tri_A.append(a)
+        self.tri_B.append(b)
+        self.tri_L.append(lower)
+        self.tri_U.append(upper)
+        # positions: L values first (all blocks), then U values (all blocks), matching _packed()
+        l_pos = [(row, col) for row in range(old, new) for col in range(row + 1)]
+        u_pos = [(row, col) for col in range(old, new) for row in range(col + 1)]
+        self._rows = self._rows[: self._num_l] + [p[0] for p in l_pos] + self._rows[self._num_l :]
+        self._cols = self._cols[: self._num_l] + [p[1] for p in l_pos] + self._cols[self._num_l :]
+        self._num_l += len(l_pos)
+        self._rows += [p[0] for p in u_pos]
+        self._cols += [p[1] for p in u_pos]
+        self.blocks.append(size)
+        self.rank = new
+        rows = torch.tensor(self._rows, dtype=torch.long, device=weight.device)
+        cols = torch.tensor(self._cols, dtype=torch.long, device=weight.device)
+        self._d_index = rows * new + cols  # flat index into the r × r matrix D
+        return [a, b, lower, upper]
+
+    # -- factors -----------------------------------------------------------------------------
+    def factor_a(self) -> torch.Tensor:
+        """A (r × n), Eq. 6."""
+        return self.tri_A[0] if len(self.tri_A) == 1 else torch.cat(list(self.tri_A), dim=0)
+
+    def factor_b(self) -> torch.Tensor:
+        """B (d × r), Eq. 7."""
+        return self.tri_B[0] if len(self.tri_B) == 1 else torch.cat(list(self.tri_B), dim=1)
+
+    def _packed(self) -> torch.Tensor:
+        return torch.cat(list(self.tri_L) + list(self.tri_U))
+
+    def factor_d(self, scale: float = 1.0) -> torch.Tensor:
+        """scale · D with D = L + U (r × r, Eq. 4), assembled from the packed triangular values."""
+        r = self.rank
+        values = self._packed()
+        flat = values.new_zeros(r * r).index_add(0, self._d_index, values, alpha=scale)
+        return flat.view(r, r)
+
+    def lower(self) -> torch.Tensor:
+        """L alone (r × r), lower-triangular (Eq. 8)."""
+        r = self.rank
+        values = torch.cat(list(self.tri_L))
+        return values.new_zeros(r * r).index_add(0, self._d_index[: self._num_l], values).view(r, r)
+
+    def upper(self) -> torch.Tensor:
+        """U alone (r × r), upper-triangular (Eq. 9)."""
+        r = self.rank
+        values = torch.cat(list(self.tri_U))
+        return values.new_zeros(r * r).index_add(0, self._d_index[self._num_l :], values).view(r, r)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The scaled dense update α/(r+ε)·B(L+U)A (d × n): for merging and tests only."""
+        return self.scaling * (self.factor_b() @ self.factor_d() @ self.factor_a())
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 5 as x ↦ W0x + ((x Aᵀ)(s·D)ᵀ)Bᵀ, s = α/(r+ε); ΔW is never formed."""
+        out = self.base(x)
+        hidden = F.linear(self.dropout(x), self.factor_a())
+        hidden = F.linear(hidden, self.factor_d(self.scaling))  # scale the r×r, not the output
+        return out + F.linear(hidden, self.factor_b())
+
+    # -- regulariser -------------------------------------------------------------------------
+    def orthogonality(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """‖AAᵀ − I‖_F and ‖BᵀB − I‖_F (Eq. 10 in the r × r Gram form of reading A15)."""
+        a, b = self.factor_a(), self.factor_b()
+        eye = torch.eye(self.rank, device=a.device, dtype=a.dtype)
+        return torch.linalg.matrix_norm(a @ a.T - eye), torch.linalg.matrix_norm(b.T @ b - eye)
+
+    def merged_linear(self) -> nn.Linear:
+        """A plain nn.Linear whose weight is W0 + ΔW (same bias)."""
+        merged = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.base.bias is not None,
+            device=self.base.weight.device,
+            dtype=self.base.weight.dtype,
+        )
+        with torch.no_grad():
+            merged.weight.copy_(self.base.weight + self.delta_weight())
+            if self.base.bias is not None:
+                merged.bias.copy_(self.base.bias)
+        merged.weight.requires_grad_(self.base.weight.requires_grad)
+        if merged.bias is not None:
+            merged.bias.requires_grad_(self.base.bias.requires_grad)
+        return merged
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+            f"blocks={self.blocks}, alpha={self.lora_alpha}"
+        )
