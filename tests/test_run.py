@@ -110,3 +110,10 @@ def test_stsb_is_a_regression_with_correlations(make_cfg):
     metrics = run_module.run(cfg, overrides)
     assert metrics["primary_metric"] == "pearson"
     assert set(metrics["final"]) == {"pearson", "spearman", "step"}
+
+
+@pytest.mark.parametrize("method,expected", [("lora", "adapter_model.safetensors"), ("bitfit", "trainable.pt")])
+def test_save_adapter_writes_the_trained_weights(make_cfg, method, expected):
+    cfg, overrides = make_cfg([f"method={method}", "train.max_steps=1", "results.save_adapter=true"])
+    folder = run_folder(run_module.run(cfg, overrides), cfg)
+    assert (folder / "adapter" / expected).is_file()

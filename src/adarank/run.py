@@ -65,6 +65,8 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
         pattern = method.rank_pattern(model)
         results.write_json_atomic(folder / "rank_pattern.json", pattern or {})
         results.write_jsonl(folder / "growth_log.jsonl", method.growth_log)
+        if cfg.results.save_adapter:
+            method.save_adapter(model, str(folder / "adapter"))
         for event in method.growth_log:
             tracker.log_growth(event)
         metrics = {

@@ -104,6 +104,20 @@ class Method:
     def after_optimizer_step(self, ctx: StepContext) -> None:
         pass
 
+    def save_adapter(self, model: nn.Module, folder: str) -> None:
+        """Write what this method trained: a peft adapter folder for peft-wrapped models,
+        otherwise the state dict of the trainable parameters (``trainable.pt``)."""
+        import os
+
+        from peft import PeftModel
+
+        os.makedirs(folder, exist_ok=True)
+        if isinstance(model, PeftModel):
+            model.save_pretrained(folder)
+            return
+        trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        torch.save(trainable, os.path.join(folder, "trainable.pt"))
+
     def rank_pattern(self, model: nn.Module) -> dict[str, int] | None:
         """Final rank per adapted module (None for methods without ranks)."""
         return None

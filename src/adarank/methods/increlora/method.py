@@ -31,6 +31,7 @@ from adarank.methods.base import Method, StepContext
 from adarank.methods.increlora.allocator import ema_update, growth_k, is_growth_step, select_modules
 from adarank.methods.increlora.layer import SCORE_NORMS, IncreLinear, gram_orth_penalty
 from adarank.models import adapted_module_names, freeze_all_but_heads
+from adarank.training.distributed import refuse_multiprocess
 
 LR_POLICIES = ("restart", "global")
 METHOD_KEYS = {"name", "init_rank", "score_norm", "new_group_lr"}
@@ -113,6 +114,7 @@ class IncreLoRA(Method):
 
     # -- lifecycle -------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
+        refuse_multiprocess(self.name)
         freeze_all_but_heads(model, self.model_cfg.head_modules)
         init_rank = int(self.cfg.init_rank)
         for name in adapted_module_names(model, self.model_cfg.target_regex):

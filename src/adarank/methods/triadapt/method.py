@@ -16,7 +16,7 @@ from torch import nn
 from adarank.methods.base import Method, StepContext
 from adarank.methods.triadapt import io
 from adarank.methods.triadapt.allocator import NORMS, RankAllocator
-from adarank.methods.triadapt.distributed import refuse_multiprocess
+from adarank.training.distributed import refuse_multiprocess
 from adarank.methods.triadapt.layer import TriAdaptLinear
 from adarank.methods.triadapt.schedule import ROUNDINGS, first_growth_step
 from adarank.training.optim import GrowingLinearSchedule

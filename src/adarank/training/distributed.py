@@ -1,4 +1,4 @@
-"""Rank-growing methods are single-process: a shared guard (IncreLoRA can use it too).
+"""Rank-growing methods (IncreLoRA, TriAdaptLoRA) are single-process: the shared guard.
 
 DistributedDataParallel registers its parameters once, at wrap time, and all-reduces exactly
 those; parameters added by a growth would never be synchronised across processes (and the
