@@ -82,3 +82,8 @@ def test_bad_train_options_are_errors():
         check_static(compose(["train.max_steps=0"]))
     with pytest.raises(ConfigError, match="train.progress"):
         check_static(compose(["train.progress=loud"]))
+
+
+def test_missing_squad_files_are_an_early_error(tmp_path):
+    with pytest.raises(ConfigError, match="v2.0.json"):
+        check_static(compose(["task=squad_v2", f"data.dir={tmp_path}"]))

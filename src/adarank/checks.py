@@ -35,13 +35,8 @@ def check_static(cfg) -> str | None:
             f"data.dir={cfg.data.dir} does not exist; point it at a local GLUE folder "
             "(TASK/train.tsv, TASK/dev.tsv) or a SQuAD 2.0 folder, or leave it null to use the hub"
         )
-    if cfg.data.dir and cfg.task.kind == "glue":
-        from adarank.data.glue import GlueDataError, check_local_files
-
-        try:
-            check_local_files(cfg.task, cfg.data.dir)
-        except GlueDataError as err:
-            raise ConfigError(str(err)) from err
+    if cfg.data.dir:
+        _check_local_data(cfg.task, cfg.data.dir)
     try:
         threshold = method_class(cfg.method.name).resolve_threshold(cfg.threshold.name)
     except ValueError as err:
@@ -60,6 +55,20 @@ def check_schedule(cfg, threshold: str | None, total_steps: int, num_examples: i
         )
     except ValueError as err:
         raise ConfigError(f"method={cfg.method.name}: {err}") from err
+
+
+def _check_local_data(task_cfg, data_dir: str) -> None:
+    """The task's files must be in the local data folder (GLUE TSVs or SQuAD JSON)."""
+    if task_cfg.kind == "glue":
+        from adarank.data.glue import GlueDataError as DataError
+        from adarank.data.glue import check_local_files
+    else:
+        from adarank.data.squad import SquadDataError as DataError
+        from adarank.data.squad import check_local_files
+    try:
+        check_local_files(task_cfg, data_dir)
+    except DataError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _one_of(key: str, value, allowed) -> None:

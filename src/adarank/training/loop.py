@@ -125,9 +125,13 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
         result.evaluations += 1
         write({"step": step, "eval": metrics, "final": final})
         tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
-        if not result.best or metrics[primary] > result.best[primary]:
+        # a periodic evaluation on a capped dev sample (SQuAD's periodic_eval_max_examples) only
+        # shows progress: "best" is chosen among evaluations over the whole dev set
+        whole_dev = metrics.get("eval_examples", 0) >= metrics.get("dev_examples", 0)
+        if whole_dev and (not result.best or metrics[primary] > result.best[primary]):
             result.best = {**metrics, "step": step}
-        progress.note(f"eval at step {step}: {primary} {metrics[primary]:.2f} (best {result.best[primary]:.2f})")
+        best = f" (best {result.best[primary]:.2f})" if result.best else ""
+        progress.note(f"eval at step {step}: {primary} {metrics[primary]:.2f}{best}")
         return metrics
 
     step = 0
