@@ -1,0 +1,33 @@
+"""Tables I-IV, the cost table and Figures 2-5 from a results tree (`make tables`).
+
+    python scripts/make_tables.py --results results/raw --out results/tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from adarank.analysis import NoResultsError, write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results/raw", help="results tree (searched for */metrics.json)")
+    parser.add_argument("--out", default="results/tables", help="folder for the tables and figures/")
+    parser.add_argument("--conf", default=None, help="Hydra conf/ folder the runs are compared to (default: the repo's)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = write_report(args.results, args.out, conf_dir=args.conf)
+    except NoResultsError as err:
+        print(f"make tables: {err}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(f"wrote {len(report.files)} files to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

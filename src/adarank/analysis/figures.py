@@ -1,0 +1,150 @@
+"""Figures as PNG: Figure 2 (final rank heatmaps), Figures 3-5 (sensitivity on RTE)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from adarank.analysis.paper import task_label  # noqa: E402
+from adarank.analysis.rank_pattern import WEIGHT_TYPES, load_rank_pattern, rank_matrix  # noqa: E402
+from adarank.analysis.runs import PAPER_SETUP  # noqa: E402
+from adarank.analysis.tables import axes_unchanged, ordered_setups  # noqa: E402
+
+ARM_LABELS = {
+    "triadapt_linear": "TriAdaptLoRA (Linear)",
+    "triadapt_fixed": "TriAdaptLoRA (Fixed-k)",
+    "triadapt_nonlinear": "TriAdaptLoRA (Non-Linear)",
+    "adalora": "AdaLoRA",
+    "increlora": "IncreLoRA",
+}
+FIG2_ARMS = ["triadapt_linear", "triadapt_fixed", "triadapt_nonlinear", "adalora", "increlora"]
+SENSITIVITY = {
+    "fig3": ("init_warmup", "initial warm-up steps $t_0$ (no growth before)"),
+    "fig4": ("incre_interval", "rank update interval (optimizer steps)"),
+    "fig5": ("reference_rank", "reference rank $r^{ref}$"),
+}
+SENSITIVITY_ARMS = ["triadapt_linear", "triadapt_nonlinear", "triadapt_fixed", "increlora"]
+
+
+def preferred_setup(runs: pd.DataFrame) -> str | None:
+    setups = ordered_setups(runs)
+    return setups[0] if setups else None
+
+
+def figure2(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One PNG per task with rank patterns: a heatmap (layer x weight type) per method arm, from the
+    lowest-seed run at the default hyperparameters of the preferred setup."""
+    picked = runs[runs["arm"].isin(FIG2_ARMS) & axes_unchanged(runs)]
+    setup = preferred_setup(picked)
+    if setup is None:
+        return []
+    picked = picked[picked["setup"] == setup]
+    written = []
+    for task in sorted(set(picked["task"])):
+        panels = []
+        for arm in FIG2_ARMS:
+            candidates = picked[(picked["task"] == task) & (picked["arm"] == arm)].sort_values("seed")
+            for _, run in candidates.iterrows():
+                pattern = load_rank_pattern(run["run_dir"])
+                if pattern:
+                    matrix, _ = rank_matrix(pattern)
+                    if matrix.size:
+                        panels.append((arm, int(run["seed"]), matrix))
+                        break
+        if panels:
+            path = out_dir / f"fig2_rank_pattern_{task}.png"
+            _draw_heatmaps(panels, task, setup, path)
+            written.append(path)
+    return written
+
+
+def _draw_heatmaps(panels, task: str, setup: str, path: Path) -> None:
+    vmax = max(np.nanmax(m) for _, _, m in panels)
+    layers = max(m.shape[0] for _, _, m in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1.2, 0.35 * layers + 2.0),
+                             squeeze=False, constrained_layout=True)
+    image = None
+    for ax, (arm, seed, matrix) in zip(axes[0], panels):
+        image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
+        ax.set_title(f"{ARM_LABELS.get(arm, arm)}\nseed {seed}, total rank {int(np.nansum(matrix))}", fontsize=9)
+        ax.set_xticks(range(len(WEIGHT_TYPES)), [f"${w}$" for w in WEIGHT_TYPES], fontsize=8)
+        ax.set_yticks(range(matrix.shape[0]), [str(i + 1) for i in range(matrix.shape[0])], fontsize=7)
+        ax.set_xlabel("weight matrix")
+        if matrix.size <= 120:
+            for (i, j), value in np.ndenumerate(matrix):
+                if not np.isnan(value):
+                    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if value < 0.6 * vmax else "black")
+    axes[0][0].set_ylabel("layer")
+    fig.colorbar(image, ax=axes[0].tolist(), label="final rank", shrink=0.8)
+    title = f"Final rank per layer and weight matrix, {task_label(task)}"
+    if setup != PAPER_SETUP:
+        title += f"\n({setup})"
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def sensitivity_points(runs: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Runs that differ from the default only in ``axis`` (or not at all), for the growing methods."""
+    picked = runs[runs["arm"].isin(SENSITIVITY_ARMS) & axes_unchanged(runs, (axis,))]
+    picked = picked[picked[axis].notna() & picked["score"].notna()]
+    return picked
+
+
+def sensitivity_figure(runs: pd.DataFrame, name: str, out_dir: Path) -> list[Path]:
+    """Figures 3-5: best dev score against the swept value, one line per method arm (mean over
+    seeds, band = min..max over seeds, dots = single seeds); one PNG per task with at least one arm
+    at two or more values."""
+    axis, xlabel = SENSITIVITY[name]
+    points = sensitivity_points(runs, axis)
+    setup = preferred_setup(points)
+    if setup is None:
+        return []
+    points = points[points["setup"] == setup]
+    written = []
+    for task in sorted(set(points["task"])):
+        data = points[points["task"] == task]
+        if data.groupby("arm")[axis].nunique().max() < 2:
+            continue
+        path = out_dir / f"{name}_{axis}_{task}.png"
+        _draw_lines(data, axis, xlabel, task, setup, path)
+        written.append(path)
+    return written
+
+
+def _draw_lines(data: pd.DataFrame, axis: str, xlabel: str, task: str, setup: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in SENSITIVITY_ARMS:
+        part = data[data["arm"] == arm]
+        if part[axis].nunique() < 2:  # a single point (e.g. a Table I run) is no curve
+            continue
+        stats = part.groupby(axis)["score"].agg(["mean", "min", "max", "count"]).sort_index()
+        x = stats.index.to_numpy(dtype=float)
+        line = ax.plot(x, stats["mean"], marker="o", label=f"{ARM_LABELS[arm]} (seeds: {int(stats['count'].max())})")[0]
+        ax.fill_between(x, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
+        ax.scatter(part[axis].astype(float), part["score"], color=line.get_color(), s=10, alpha=0.6)
+    default = data.loc[~data[f"{axis}_changed"].astype(bool), axis]
+    if not default.empty:
+        ax.axvline(float(default.iloc[0]), color="grey", linestyle="--", linewidth=1, label="paper setting (Table V)")
+    metric = data["primary_metric"].iloc[0]
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"best dev {metric} (%)")
+    title = f"{task_label(task)}: sensitivity to {xlabel.split(' $')[0].split(' (')[0]}"
+    if setup != PAPER_SETUP:
+        title += f"\n({setup})"
+    ax.set_title(title, fontsize=10)
+    if data[axis].nunique() > 1 and data[axis].min() > 0 and data[axis].max() / data[axis].min() >= 8:
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(data[axis].astype(float)))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

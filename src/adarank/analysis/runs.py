@@ -1,0 +1,247 @@
+"""Read a results tree (results/raw/**/metrics.json) into one table row per finished run.
+
+Every run is classified by what the paper's tables and figures need:
+
+* ``arm``: the method together with its growth threshold (``lora``, ``increlora``,
+  ``triadapt_linear``, ...), the same names as the sweep arms in ``conf/sweep/arm/``;
+* ``axes``: the values of the swept hyperparameters of Tables II-III and Figures 3-5
+  (``AXES``), each with a flag saying whether it differs from the default composition;
+* ``setup``: every other way the run's resolved config differs from what
+  ``python train.py task=... method=... threshold=... model=...`` composes (a capped demo, a
+  different sequence length...). Runs with the paper's setup have ``setup == "paper setup"``.
+
+Folders without a metrics.json (interrupted runs) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from adarank.analysis.defaults import DefaultConfigs
+from adarank.analysis.paper import load_paper
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+PAPER_MODEL = "deberta_v3_base"
+PAPER_SETUP = "paper setup"
+# swept hyperparameters: dotted config key -> column name
+AXES = {
+    "method.orth_reg": "orth_reg",
+    "method.norm": "norm",
+    "task.reference_rank": "reference_rank",
+    "task.init_warmup": "init_warmup",
+    "task.incre_interval": "incre_interval",
+}
+# keys that never make two runs different experiments
+IGNORED_TOP = ("hydra", "logger", "results", "force", "seed")
+IGNORED_KEYS = (
+    "data.dir",
+    "data.cache_dir",
+    "model.local_path",
+    "train.device",
+    "train.progress",
+    "train.num_workers",
+    "train.log_interval",
+    "train.eval_batch_size",
+)
+
+
+class NoResultsError(RuntimeError):
+    """The results tree holds no finished run."""
+
+
+def arm_name(method: str, threshold: str | None) -> str:
+    """The sweep-arm name of a run: growing methods carry their threshold."""
+    if method == "increlora":
+        return "increlora"  # IncreLoRA only has the fixed-k rule
+    if method == "triadapt":
+        return f"triadapt_{threshold if threshold and threshold != 'none' else 'linear'}"
+    return method
+
+
+def find_metrics(root: Path) -> list[Path]:
+    return sorted(Path(root).rglob(METRICS_FILE))
+
+
+def load_runs(root: str | Path, defaults: DefaultConfigs | None = None) -> pd.DataFrame:
+    """One row per finished run under ``root``; raises NoResultsError when there is none."""
+    root = Path(root)
+    paths = find_metrics(root) if root.is_dir() else []
+    if not paths:
+        raise NoResultsError(
+            f"no finished run (no {METRICS_FILE}) under {root}: run a sweep first, e.g. "
+            "`python train.py -m +sweep=table1` (see docs/reproducing.md)"
+        )
+    defaults = defaults or DefaultConfigs()
+    rows = []
+    for path in paths:
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("skipping unreadable %s: %s", path, err)
+            continue
+        if metrics.get("status", "completed") != "completed":
+            continue
+        rows.append(run_record(path.parent, metrics, defaults))
+    if not rows:
+        raise NoResultsError(f"no completed run under {root} (every {METRICS_FILE} was unreadable)")
+    frame = pd.DataFrame(rows)
+    return deduplicate(frame)
+
+
+def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[str, Any]:
+    config = metrics.get("config") or {}
+    method = metrics.get("method") or _get(config, "method.name")
+    threshold = metrics.get("threshold")
+    task = metrics.get("task") or _get(config, "task.name")
+    model = metrics.get("model")
+    if isinstance(model, dict):
+        model = model.get("name")
+    model = model or _get(config, "model.name") or "unknown"
+    primary = metrics.get("primary_metric") or _get(config, "task.primary_metric")
+    best = metrics.get("best") or {}
+    final = metrics.get("final") or {}
+    costs = metrics.get("costs") or {}
+    rank = metrics.get("rank") or {}
+
+    flat = flatten(config)
+    reference = defaults.reference(config)
+    ref_flat = flatten(reference) if reference is not None else {}
+    diffs = differences(flat, ref_flat) if reference is not None else None
+    record: dict[str, Any] = {
+        "run_dir": str(folder),
+        "task": task,
+        "method": method,
+        "threshold": threshold,
+        "arm": arm_name(method, threshold),
+        "seed": metrics.get("seed", _get(config, "seed")),
+        "model": model,
+        "variant": metrics.get("variant"),
+        "primary_metric": primary,
+        "score": _number(best.get(primary)),
+        "final_score": _number(final.get(primary)),
+        "best_step": best.get("step"),
+        "best": {k: v for k, v in best.items() if k != "step"},
+        "final": {k: v for k, v in final.items() if k != "step"},
+        "total_rank": _number(rank.get("total_rank")),
+        "adapted_modules": _number(rank.get("adapted_modules")),
+        "mtime": (folder / METRICS_FILE).stat().st_mtime,
+        "defaults_known": diffs is not None,
+    }
+    for key in (
+        "wall_seconds",
+        "train_seconds",
+        "optimizer_steps",
+        "median_step_seconds",
+        "allocation_seconds",
+        "peak_memory_mb",
+        "trainable_params_start",
+        "trainable_params_end",
+    ):
+        record[key] = _number(costs.get(key))
+    for key, column in AXES.items():
+        fallback = paper_axis_default(key, task, method)
+        value = flat.get(key, ref_flat.get(key, fallback))
+        record[column] = value
+        if diffs is not None:
+            record[f"{column}_changed"] = key in diffs
+        else:  # no composable default: compare with the paper's setting
+            record[f"{column}_changed"] = key in flat and fallback is not None and not _same(fallback, value)
+    other = {} if diffs is None else {k: v for k, v in diffs.items() if k not in AXES}
+    record["setup"] = setup_label(model, other)
+    semantic = {k: v for k, v in flat.items() if not _ignored(k)}
+    semantic["seed"] = record["seed"]
+    record["identity"] = json.dumps(semantic, sort_keys=True, default=str)
+    return record
+
+
+def paper_axis_default(key: str, task: str | None, method: str | None) -> Any:
+    """The paper's setting of a swept hyperparameter (paper_numbers.yaml, default_axes)."""
+    if key.startswith("method.") and method != "triadapt":
+        return None
+    value = load_paper()["default_axes"].get(key)
+    return value.get(task) if isinstance(value, dict) else value
+
+
+def setup_label(model: str, other: dict[str, Any]) -> str:
+    """``paper setup`` for DeBERTaV3-base with nothing else changed, else a readable description."""
+    if model == PAPER_MODEL and not other:
+        return PAPER_SETUP
+    parts = [f"model={model}"] + [f"{k}={v}" for k, v in sorted(other.items())]
+    return ", ".join(parts)
+
+
+def deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the newest of runs with the same resolved config (e.g. Table II's orth_reg=true runs,
+    which are Table I's nonlinear runs under another override spelling)."""
+    frame = frame.sort_values("mtime")
+    # same resolved config, or the same cell and seed (e.g. threshold=none and threshold=linear of
+    # TriAdaptLoRA, which run the same thing)
+    kept = frame.drop_duplicates(subset=["identity"], keep="last")
+    cell = ["setup", "task", "arm", "seed", *AXES.values()]
+    keys = [json.dumps([str(v) for v in row], default=str) for row in kept[cell].itertuples(index=False)]
+    kept = kept.assign(_cell=keys)
+    kept = kept.drop_duplicates(subset=["_cell"], keep="last").drop(columns="_cell")
+    if len(kept) < len(frame):
+        log.info("%d duplicate run(s) of the same config and seed ignored (the newest kept)", len(frame) - len(kept))
+    return kept.sort_values(["task", "arm", "seed"], kind="stable").reset_index(drop=True)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b.c": leaf}; lists stay leaves."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict) and value:
+                out.update(flatten(value, name))
+            else:
+                out[name] = value
+    return out
+
+
+def differences(run: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """Keys whose value in the run differs from the reference composition (semantic keys only).
+    Keys the run lacks are not differences (older runs predate newer config keys)."""
+    out = {}
+    for key, value in run.items():
+        if _ignored(key):
+            continue
+        if key not in reference or not _same(reference[key], value):
+            out[key] = value
+    return out
+
+
+def _ignored(key: str) -> bool:
+    return key.split(".")[0] in IGNORED_TOP or key in IGNORED_KEYS
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+    return a == b
+
+
+def _get(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,131 @@
+"""Synthetic results trees with known values, in the metrics.json schema of docs/architecture.md.
+
+Used by the tests and to try the notebook without training anything:
+
+    python -m adarank.analysis.synthetic /tmp/fake_results   # then: make tables RESULTS=/tmp/fake_results
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from adarank.analysis.rank_pattern import WEIGHT_TYPES
+
+MODULE_SUFFIX = {
+    "W_q": "attention.self.query_proj",
+    "W_k": "attention.self.key_proj",
+    "W_v": "attention.self.value_proj",
+    "W_a": "attention.output.dense",
+    "W_m": "intermediate.dense",
+    "W_o": "output.dense",
+}
+PRIMARY = {"cola": "matthews_correlation", "stsb": "pearson", "squad_v2": "f1"}
+
+
+def fake_run(
+    root: str | Path,
+    task: str,
+    method: str,
+    seed: int,
+    score: float,
+    threshold: str | None = None,
+    *,
+    overrides: dict | None = None,
+    model: str = "deberta_v3_base",
+    extra_best: dict | None = None,
+    costs: dict | None = None,
+    total_rank: int | None = None,
+    rank_pattern: dict | None = None,
+    variant: str = "default",
+) -> Path:
+    """Write one finished run and return its folder. ``overrides`` = {"task.init_warmup": 200, ...}
+    are put into the resolved config (the way the sweeps change it)."""
+    primary = PRIMARY.get(task, "accuracy")
+    config = {
+        "task": {"name": task, "primary_metric": primary},
+        "method": {"name": method},
+        "threshold": {"name": threshold or "none"},
+        "model": {"name": model},
+        "seed": seed,
+    }
+    for dotted, value in (overrides or {}).items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    label = f"{method}-{threshold}" if threshold else method
+    slug = ",".join(f"{k}={v}" for k, v in sorted((overrides or {}).items())) or variant
+    folder = Path(root) / task / label / f"seed{seed}" / f"{slug}-{abs(hash((task, label, seed, slug))) % 10**8:08d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "schema_version": 1,
+        "status": "completed",
+        "task": task,
+        "method": method,
+        "threshold": threshold,
+        "seed": seed,
+        "model": model,
+        "variant": slug,
+        "primary_metric": primary,
+        "best": {primary: score, **(extra_best or {}), "step": 100},
+        "final": {primary: score - 0.5, **(extra_best or {}), "step": 200},
+        "evaluations": 2,
+        "costs": {
+            "wall_seconds": 100.0,
+            "train_seconds": 90.0,
+            "optimizer_steps": 200,
+            "median_step_seconds": 0.4,
+            "allocation_seconds": 0.0,
+            "peak_memory_mb": 1000.0,
+            "trainable_params_start": 1000,
+            "trainable_params_end": 1000,
+            **(costs or {}),
+        },
+        "rank": {"total_rank": total_rank, "adapted_modules": 72} if total_rank is not None else {},
+        "config": config,
+        "provenance": {"git_sha": None, "device": "cpu"},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if rank_pattern is not None:
+        (folder / "rank_pattern.json").write_text(json.dumps(rank_pattern))
+    return folder
+
+
+def layered_pattern(layers: int, rank_of, prefix: str = "deberta.encoder.layer") -> dict:
+    """{module name: rank} for ``layers`` layers x the six weight types, rank_of(layer, weight type)."""
+    return {
+        f"{prefix}.{layer}.{MODULE_SUFFIX[weight]}": int(rank_of(layer, weight))
+        for layer in range(layers)
+        for weight in WEIGHT_TYPES
+    }
+
+
+def demo_tree(root: str | Path) -> Path:
+    """A small but complete-looking tree: Table I on RTE and MRPC, a Table II/III slice, a SQuAD row,
+    Figure 2 patterns and a Figure 3 sweep. Values are made up."""
+    root = Path(root)
+    arms = [("full", None), ("lora", None), ("adalora", None), ("increlora", "fixed"),
+            ("triadapt", "fixed"), ("triadapt", "linear"), ("triadapt", "nonlinear")]
+    for task, base in (("rte", 85.0), ("mrpc", 89.0)):
+        for i, (method, threshold) in enumerate(arms):
+            for seed in range(3):
+                pattern = layered_pattern(12, lambda l, w, i=i: 1 + (l * (i + 1) + WEIGHT_TYPES.index(w)) % 13)
+                fake_run(root, task, method, seed, base + 0.3 * i + 0.2 * seed, threshold,
+                         total_rank=sum(pattern.values()) if method not in ("full",) else None,
+                         rank_pattern=pattern if method in ("adalora", "increlora", "triadapt") else None)
+    for seed in range(3):
+        fake_run(root, "rte", "triadapt", seed, 84.0 + seed, "nonlinear", overrides={"method.orth_reg": False})
+        fake_run(root, "rte", "triadapt", seed, 83.0 + seed, "nonlinear", overrides={"method.norm": "sqrt_r"})
+        for value in (50, 200, 400):
+            for method, threshold in (("triadapt", "linear"), ("increlora", "fixed")):
+                fake_run(root, "rte", method, seed, 84.0 + value / 400 + seed * 0.3, threshold,
+                         overrides={"task.init_warmup": value})
+    fake_run(root, "squad_v2", "lora", 0, 88.0, extra_best={"exact": 85.0})
+    return root
+
+
+if __name__ == "__main__":
+    print(demo_tree(sys.argv[1] if len(sys.argv) > 1 else "results/synthetic"))

@@ -1,0 +1,285 @@
+"""Tables I-IV: mean +- std over seeds of the best dev score, beside the paper's number.
+
+Each table is first built as a tidy frame (one row per setup x table row x column, with
+``mean, std, n, paper, paper_std, diff, picked``), then rendered as Markdown and LaTeX. A missing
+cell is printed as ``missing (0/3 seeds)``, never as a blank or a zero.
+
+* Table I: GLUE, one row per method arm; the plain TriAdaptLoRA row is, per task, the better (by
+  mean) of the Linear and Non-Linear cells (reading A18), marked [L] or [N].
+* Table II: Non-Linear TriAdaptLoRA with method.orth_reg true / false.
+* Table III: Non-Linear TriAdaptLoRA with method.norm r / none / sqrt_r.
+* Table IV: SQuAD 2.0 EM and F1 (both taken at the evaluation with the best F1).
+* Avg.: the mean of the 8 task means (how the paper's Avg. column is computed), only when all 8
+  cells have runs.
+Std is the sample standard deviation (ddof=1) over seeds; one seed gives no std.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+from adarank.analysis.paper import glue_tasks, load_paper, paper_avg, paper_cell, task_label
+from adarank.analysis.runs import AXES, PAPER_SETUP
+
+EXPECTED_SEEDS = 3
+AVG = "avg"
+SQUAD_TASK = "squad_v2"
+# alternative names a SQuAD metric may be recorded under
+METRIC_ALIASES = {"exact": ("exact", "exact_match", "em"), "f1": ("f1",)}
+
+Selector = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    key: str
+    label: str
+    select: Selector | None  # None for a derived (best-of) row
+    best_of: tuple[str, ...] = ()
+
+
+def axes_unchanged(frame: pd.DataFrame, allowed: tuple[str, ...] = ()) -> pd.Series:
+    """True for runs whose swept hyperparameters are all at the default, except those ``allowed``."""
+    mask = pd.Series(True, index=frame.index)
+    for column in AXES.values():
+        if column not in allowed:
+            mask &= ~frame[f"{column}_changed"].astype(bool)
+    return mask
+
+
+def by_arm(arm: str) -> Selector:
+    return lambda f: f[(f["arm"] == arm) & axes_unchanged(f)]
+
+
+def by_axis(arm: str, axis: str, value) -> Selector:
+    def select(f: pd.DataFrame) -> pd.DataFrame:
+        picked = f[(f["arm"] == arm) & axes_unchanged(f, (axis,))]
+        mask = picked[axis].map(lambda v: _equal(v, value)).astype(bool)
+        return picked.loc[mask]
+
+    return select
+
+
+def _equal(a, b) -> bool:
+    if isinstance(b, bool) or isinstance(a, bool):
+        return bool(a) == bool(b) if a is not None else False
+    return a == b
+
+
+def table_rows(table: str) -> list[RowSpec]:
+    spec = load_paper()[table]["rows"]
+    rows = []
+    for key, row in spec.items():
+        label = row["label"]
+        if row.get("best_of"):
+            rows.append(RowSpec(key, label, None, tuple(row["best_of"])))
+        elif table in ("table1", "table4"):
+            rows.append(RowSpec(key, label, by_arm(key)))
+        elif table == "table2":
+            rows.append(RowSpec(key, label, by_axis("triadapt_nonlinear", "orth_reg", key == "orthogonal")))
+        elif table == "table3":
+            rows.append(RowSpec(key, label, by_axis("triadapt_nonlinear", "norm", key.removeprefix("norm_"))))
+    return rows
+
+
+# --- building the tidy frames -------------------------------------------------------------------
+
+
+def build_table(runs: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Tidy cells of one table for every setup found in ``runs`` (paper setup first)."""
+    frames = []
+    for setup in ordered_setups(runs):
+        frames.append(_build_for_setup(runs[runs["setup"] == setup], table, setup))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def ordered_setups(runs: pd.DataFrame) -> list[str]:
+    setups = sorted(set(runs["setup"]))
+    return sorted(setups, key=lambda s: (s != PAPER_SETUP, s))
+
+
+def _build_for_setup(runs: pd.DataFrame, table: str, setup: str) -> pd.DataFrame:
+    squad = table == "table4"
+    columns = list(load_paper()["table4"]["columns"]) if squad else glue_tasks()
+    runs = runs[runs["task"] == SQUAD_TASK] if squad else runs[runs["task"].isin(columns)]
+    records = []
+    cells: dict[tuple[str, str], dict] = {}
+    rows = table_rows(table)
+    for row in sorted(rows, key=lambda r: r.select is None):  # derived (best-of) rows last
+        picked = row.select(runs) if row.select is not None else None
+        for column in columns:
+            if picked is None:
+                cells[(row.key, column)] = _best_of(cells, row.best_of, column)
+            else:
+                cells[(row.key, column)] = _stats(_values(picked, column, squad))
+    for row in rows:
+        for column in columns:
+            cell = cells[(row.key, column)]
+            paper, paper_std = paper_cell(table, row.key, column)
+            records.append(_record(table, setup, row, column, cell, paper, paper_std))
+        if not squad:
+            means = [cells[(row.key, c)]["mean"] for c in columns]
+            found = [m for m in means if m is not None]
+            avg = sum(found) / len(found) if len(found) == len(columns) else None
+            cell = {"mean": avg, "std": None, "n": len(found), "picked": None}
+            records.append(_record(table, setup, row, AVG, cell, paper_avg(table, row.key), None))
+    return pd.DataFrame(records)
+
+
+def _values(picked: pd.DataFrame, column: str, squad: bool) -> list[float]:
+    if not squad:
+        picked = picked[picked["task"] == column]
+        return [v for v in picked["score"] if v is not None and not math.isnan(v)]
+    values = []
+    for best in picked["best"]:
+        for alias in METRIC_ALIASES.get(column, (column,)):
+            if best.get(alias) is not None:
+                values.append(float(best[alias]))
+                break
+    return values
+
+
+def _stats(values: list[float]) -> dict:
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "n": 0, "picked": None}
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "n": n, "picked": None}
+
+
+def _best_of(cells: dict, sources: tuple[str, ...], column: str) -> dict:
+    candidates = [(key, cells[(key, column)]) for key in sources if cells[(key, column)]["mean"] is not None]
+    if not candidates:
+        return {"mean": None, "std": None, "n": 0, "picked": None}
+    key, cell = max(candidates, key=lambda kc: kc[1]["mean"])  # ties: the first source (Linear)
+    return {**cell, "picked": key}
+
+
+def _record(table, setup, row: RowSpec, column, cell, paper, paper_std) -> dict:
+    diff = cell["mean"] - paper if cell["mean"] is not None and paper is not None else None
+    return {
+        "table": table,
+        "setup": setup,
+        "row": row.key,
+        "label": row.label,
+        "column": column,
+        "mean": cell["mean"],
+        "std": cell["std"],
+        "n": cell["n"],
+        "picked": cell["picked"],
+        "paper": paper,
+        "paper_std": paper_std,
+        "diff": diff,
+    }
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+CELL_LEGEND = (
+    "Cell: ours = mean ± std over seeds of the best dev score (n = seeds found); paper = the number "
+    "TriAdaptLoRA reports; Δ = ours − paper. Avg. = mean of the 8 task means (needs all 8)."
+)
+
+
+def column_label(table: str, column: str) -> str:
+    if column == AVG:
+        return "Avg."
+    if table == "table4":
+        return f"SQuAD 2.0 ({load_paper()['table4']['columns'][column]})"
+    return task_label(column)
+
+
+def cell_text(rec: dict, latex: bool = False) -> str:
+    pm = r"$\pm$" if latex else "±"
+    delta = r"$\Delta$" if latex else "Δ"
+    if rec["column"] == AVG:
+        ours = f"{rec['mean']:.2f} ({rec['n']:.0f}/8 tasks)" if rec["mean"] is not None else f"missing ({rec['n']:.0f}/8 tasks)"
+    elif rec["mean"] is None:
+        ours = f"missing (0/{EXPECTED_SEEDS} seeds)"
+    else:
+        spread = f" {pm} {rec['std']:.2f}" if rec["std"] is not None else ""
+        pick = f" [{'L' if rec['picked'].endswith('_linear') else 'N'}]" if rec["picked"] else ""
+        ours = f"{rec['mean']:.2f}{spread} (n={rec['n']:.0f}){pick}"
+    if rec["paper"] is None:
+        return f"{ours}; paper –"
+    paper = f"{rec['paper']:.2f}" + (f" {pm} {rec['paper_std']:.1f}" if rec["paper_std"] is not None else "")
+    diff = f"; {delta} {rec['diff']:+.2f}" if rec["diff"] is not None else ""
+    return f"{ours}; paper {paper}{diff}"
+
+
+def wide(tidy: pd.DataFrame, table: str, setup: str, latex: bool = False) -> pd.DataFrame:
+    part = tidy[tidy["setup"] == setup]
+    columns = list(dict.fromkeys(part["column"]))
+    rows = []
+    for key in dict.fromkeys(part["row"]):
+        recs = part[part["row"] == key].set_index("column")
+        label = recs["label"].iloc[0]
+        rows.append([label] + [cell_text(_clean(recs.loc[c].to_dict()) | {"column": c}, latex) for c in columns])
+    header = ["Method"] + [column_label(table, c) for c in columns]
+    return pd.DataFrame(rows, columns=header)
+
+
+def _clean(rec: dict) -> dict:
+    """pandas turns None into NaN in numeric columns: back to None."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+
+
+def setup_heading(setup: str) -> str:
+    if setup == PAPER_SETUP:
+        return "Paper setup (DeBERTaV3-base, Table V/VI hyperparameters)"
+    return f"Other setup ({setup}): not comparable with the paper's numbers"
+
+
+def to_markdown(tidy: pd.DataFrame, table: str) -> str:
+    title = load_paper()[table]["title"]
+    parts = [f"# {title}", "", CELL_LEGEND, ""]
+    if tidy.empty:
+        return "\n".join(parts + ["No runs for this table."]) + "\n"
+    for setup in dict.fromkeys(tidy["setup"]):
+        parts += [f"## {setup_heading(setup)}", "", wide(tidy, table, setup).to_markdown(index=False), ""]
+    parts += ["Row sources:", ""]
+    for key, row in load_paper()[table]["rows"].items():
+        parts.append(f"- {row['label']}: {row['source']}")
+    return "\n".join(parts) + "\n"
+
+
+def to_latex(tidy: pd.DataFrame, table: str) -> str:
+    title = load_paper()[table]["title"]
+    out = [f"% {title}", f"% {latex_escape(CELL_LEGEND)}"]
+    if tidy.empty:
+        return "\n".join(out + ["% No runs for this table."]) + "\n"
+    for setup in dict.fromkeys(tidy["setup"]):
+        frame = wide(tidy, table, setup, latex=True)
+        out += [
+            r"\begin{table}[ht]",
+            r"\centering\scriptsize",
+            f"\\caption{{{latex_escape(title)} -- {latex_escape(setup_heading(setup))}}}",
+            r"\begin{tabular}{l" + "p{2.2cm}" * (frame.shape[1] - 1) + "}",
+            r"\hline",
+            " & ".join(latex_escape(c) for c in frame.columns) + r" \\",
+            r"\hline",
+        ]
+        for _, row in frame.iterrows():
+            cells = [latex_escape(row.iloc[0])] + [latex_escape(v, keep_math=True) for v in row.iloc[1:]]
+            out.append(" & ".join(cells) + r" \\")
+        out += [r"\hline", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(out) + "\n"
+
+
+def latex_escape(text: str, keep_math: bool = False) -> str:
+    text = str(text)
+    if keep_math:  # cell_text(latex=True) already wrote $\pm$ and $\Delta$
+        pieces = text.split("$")
+        return "$".join(p if i % 2 else _escape_plain(p) for i, p in enumerate(pieces))
+    return _escape_plain(text)
+
+
+def _escape_plain(text: str) -> str:
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(char, repl)
+    return text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "-").replace("–", "--")

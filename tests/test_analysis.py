@@ -1,0 +1,264 @@
+"""`make tables` on synthetic results trees with known values (no training)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from adarank.analysis import NoResultsError, build_report, load_runs, write_report
+from adarank.analysis.paper import load_paper
+from adarank.analysis.rank_pattern import module_position, rank_matrix, rank_value
+from adarank.analysis.synthetic import demo_tree, fake_run, layered_pattern
+from adarank.analysis.tables import AVG, to_latex, to_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE = ["mnli", "sst2", "cola", "qqp", "qnli", "rte", "mrpc", "stsb"]
+
+
+def cell(tidy: pd.DataFrame, row: str, column: str, setup: str = "paper setup") -> dict:
+    match = tidy[(tidy["row"] == row) & (tidy["column"] == column) & (tidy["setup"] == setup)]
+    assert len(match) == 1, (row, column, setup)
+    rec = match.iloc[0].to_dict()
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+
+
+# --- the paper's numbers -------------------------------------------------------------------------
+
+
+def test_paper_averages_match_their_rows():
+    """Every printed Avg. is the mean of its 8 cells (the paper truncates to 2 decimals), except the
+    HAdapter row the paper quotes with an inconsistent average (noted in the data file)."""
+    paper = load_paper()
+    for table in ("table1", "table2", "table3"):
+        for key, row in paper[table]["rows"].items():
+            mean = sum(row["scores"][t] for t in GLUE) / 8
+            if "avg_note" in row:
+                assert abs(mean - row["avg"]) > 0.1
+            else:
+                assert abs(mean - row["avg"]) < 0.011, (table, key, mean, row["avg"])
+
+
+def test_paper_best_row_is_the_max_of_linear_and_nonlinear():
+    rows = load_paper()["table1"]["rows"]
+    for task in GLUE:
+        expected = max(rows["triadapt_linear"]["scores"][task], rows["triadapt_nonlinear"]["scores"][task])
+        assert rows["triadapt_best"]["scores"][task] == expected
+
+
+# --- aggregation with known values ---------------------------------------------------------------
+
+
+@pytest.fixture
+def known_tree(tmp_path) -> Path:
+    root = tmp_path / "raw"
+    for seed, score in enumerate([80.0, 82.0, 84.0]):
+        fake_run(root, "rte", "lora", seed, score)
+    fake_run(root, "mrpc", "lora", 0, 88.0)  # one seed only
+    for i, task in enumerate(GLUE):  # full fine-tuning on all 8 tasks, one seed: avg is known
+        fake_run(root, task, "full", 0, 80.0 + i)
+    for seed in range(3):
+        fake_run(root, "rte", "triadapt", seed, 85.0, "linear")
+        fake_run(root, "rte", "triadapt", seed, 86.0 + seed, "nonlinear")
+        fake_run(root, "mrpc", "triadapt", seed, 90.0, "linear")
+        fake_run(root, "mrpc", "triadapt", seed, 89.0, "nonlinear")
+        fake_run(root, "rte", "triadapt", seed, 70.0, "nonlinear", overrides={"method.orth_reg": False})
+        fake_run(root, "rte", "triadapt", seed, 71.0, "nonlinear", overrides={"method.norm": "none"})
+        fake_run(root, "rte", "increlora", seed, 60.0 + seed, "fixed", overrides={"task.init_warmup": 400})
+    # the same config as rte/triadapt-nonlinear/seed0 under another folder name: counted once
+    fake_run(root, "rte", "triadapt", 0, 86.0, "nonlinear", variant="method.orth_reg=true")
+    fake_run(root, "squad_v2", "lora", 0, 88.0, extra_best={"exact": 85.0})
+    fake_run(root, "squad_v2", "lora", 1, 89.0, extra_best={"exact": 86.0})
+    # an interrupted run: a folder without metrics.json
+    (root / "rte" / "lora" / "seed7" / "default-deadbeef").mkdir(parents=True)
+    (root / "rte" / "lora" / "seed7" / "default-deadbeef" / "config.yaml").write_text("seed: 7\n")
+    return root
+
+
+def test_mean_std_and_seed_count(known_tree):
+    t1 = build_report(known_tree).tables["table1"]
+    rte = cell(t1, "lora", "rte")
+    assert rte["mean"] == pytest.approx(82.0)
+    assert rte["std"] == pytest.approx(2.0)  # sample std of 80, 82, 84
+    assert rte["n"] == 3
+    assert rte["paper"] == pytest.approx(82.07)
+    assert rte["diff"] == pytest.approx(82.0 - 82.07)
+    mrpc = cell(t1, "lora", "mrpc")
+    assert (mrpc["mean"], mrpc["std"], mrpc["n"]) == (88.0, None, 1)
+
+
+def test_missing_cells_say_so(known_tree):
+    report = build_report(known_tree)
+    t1 = report.tables["table1"]
+    missing = cell(t1, "bitfit", "rte")
+    assert missing["n"] == 0 and missing["mean"] is None
+    text = to_markdown(t1, "table1")
+    assert "missing (0/3 seeds); paper 78.70" in text
+    assert cell(t1, "lora", AVG)["mean"] is None  # 2 of 8 tasks: no average
+    assert "missing (2/8 tasks)" in text
+
+
+def test_average_is_the_mean_of_task_means(known_tree):
+    t1 = build_report(known_tree).tables["table1"]
+    avg = cell(t1, "full", AVG)
+    assert avg["mean"] == pytest.approx(sum(80.0 + i for i in range(8)) / 8)
+    assert avg["n"] == 8
+    assert avg["paper"] == pytest.approx(88.24)
+
+
+def test_best_of_linear_and_nonlinear(known_tree):
+    t1 = build_report(known_tree).tables["table1"]
+    rte = cell(t1, "triadapt_best", "rte")
+    assert rte["picked"] == "triadapt_nonlinear"
+    assert rte["mean"] == pytest.approx(87.0)  # nonlinear 86, 87, 88 (the duplicate counted once)
+    assert rte["n"] == 3
+    mrpc = cell(t1, "triadapt_best", "mrpc")
+    assert mrpc["picked"] == "triadapt_linear" and mrpc["mean"] == pytest.approx(90.0)
+    assert "[N]" in to_markdown(t1, "table1") and "[L]" in to_markdown(t1, "table1")
+
+
+def test_ablation_runs_go_to_their_own_tables(known_tree):
+    report = build_report(known_tree)
+    t1, t2, t3 = (report.tables[n] for n in ("table1", "table2", "table3"))
+    # Table I's nonlinear cell holds only default runs (not orth_reg=false / norm=none)
+    assert cell(t1, "triadapt_nonlinear", "rte")["mean"] == pytest.approx(87.0)
+    assert cell(t2, "orthogonal", "rte")["mean"] == pytest.approx(87.0)
+    assert cell(t2, "non_orthogonal", "rte")["mean"] == pytest.approx(70.0)
+    assert cell(t3, "norm_r", "rte")["mean"] == pytest.approx(87.0)
+    assert cell(t3, "norm_none", "rte")["mean"] == pytest.approx(71.0)
+    assert cell(t3, "norm_sqrt_r", "rte")["n"] == 0
+    # a Figure 3 point is not a Table I IncreLoRA run
+    assert cell(t1, "increlora", "rte")["n"] == 0
+
+
+def test_squad_table(known_tree):
+    t4 = build_report(known_tree).tables["table4"]
+    assert cell(t4, "lora", "exact")["mean"] == pytest.approx(85.5)
+    assert cell(t4, "lora", "f1")["mean"] == pytest.approx(88.5)
+    assert cell(t4, "lora", "f1")["paper"] == pytest.approx(88.0)
+    assert cell(t4, "full", "f1")["n"] == 0
+
+
+def test_runs_without_metrics_are_ignored_and_duplicates_counted_once(known_tree):
+    runs = load_runs(known_tree)
+    assert 7 not in set(runs["seed"])
+    nonlinear = runs[(runs["arm"] == "triadapt_nonlinear") & (runs["task"] == "rte") & ~runs["orth_reg_changed"]
+                     & ~runs["norm_changed"]]
+    assert sorted(nonlinear["seed"]) == [0, 1, 2]
+
+
+def test_other_setups_are_reported_apart(tmp_path):
+    root = tmp_path / "raw"
+    fake_run(root, "rte", "lora", 0, 80.0)
+    fake_run(root, "rte", "lora", 0, 60.0, model="minilm", overrides={"train.max_steps": 300})
+    t1 = build_report(root).tables["table1"]
+    assert cell(t1, "lora", "rte")["mean"] == 80.0
+    other = "model=minilm, train.max_steps=300"
+    assert cell(t1, "lora", "rte", setup=other)["mean"] == 60.0
+    text = to_markdown(t1, "table1")
+    assert text.index("Paper setup") < text.index("not comparable")
+
+
+def test_latex_is_escaped(known_tree):
+    tex = to_latex(build_report(known_tree).tables["table1"], "table1")
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "±" not in tex
+
+
+def test_cost_table(known_tree):
+    costs = build_report(known_tree).costs
+    row = costs[(costs["task"] == "rte") & (costs["arm"] == "lora")].iloc[0]
+    assert row["seeds"] == 3 and row["wall_seconds"] == pytest.approx(100.0)
+    assert {"trainable_params_end", "allocation_seconds", "total_rank"} <= set(costs.columns)
+
+
+# --- files, figures, the CLI ---------------------------------------------------------------------
+
+
+def test_write_report_files_and_figures(tmp_path):
+    root = demo_tree(tmp_path / "raw")
+    report = write_report(root, tmp_path / "tables")
+    for name in ("table1", "table2", "table3", "table4", "costs"):
+        for ext in ("md", "tex", "csv"):
+            assert (tmp_path / "tables" / f"{name}.{ext}").stat().st_size > 0
+    names = {p.name for p in report.figures}
+    assert {"fig2_rank_pattern_rte.png", "fig2_rank_pattern_mrpc.png", "fig3_init_warmup_rte.png"} <= names
+    for path in report.figures:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_cli_on_an_empty_tree_fails_clearly(tmp_path):
+    (tmp_path / "raw").mkdir()
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_tables.py"), "--results", str(tmp_path / "raw"),
+         "--out", str(tmp_path / "tables")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode != 0
+    assert "no finished run" in out.stderr and "+sweep=table1" in out.stderr
+    with pytest.raises(NoResultsError):
+        load_runs(tmp_path / "does-not-exist")
+
+
+def test_cli_writes_tables(known_tree, tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_tables.py"), "--results", str(known_tree),
+         "--out", str(tmp_path / "tables")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "table1:" in out.stdout
+    assert "82.00 ± 2.00 (n=3)" in (tmp_path / "tables" / "table1.md").read_text()
+
+
+# --- rank patterns (Figure 2) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("deberta.encoder.layer.3.attention.self.query_proj", (3, "W_q")),
+        ("base_model.model.deberta.encoder.layer.11.attention.self.value_proj", (11, "W_v")),
+        ("deberta.encoder.layer.0.attention.output.dense", (0, "W_a")),
+        ("deberta.encoder.layer.5.intermediate.dense", (5, "W_m")),
+        ("deberta.encoder.layer.5.output.dense", (5, "W_o")),
+        ("bert.encoder.layer.2.attention.self.key", (2, "W_k")),
+        ("base_model.model.bert.encoder.layer.2.attention.self.key.lora_A", (2, "W_k")),
+        ("deberta.encoder.rel_embeddings", None),
+        ("pooler.dense", None),
+    ],
+)
+def test_module_position(name, expected):
+    assert module_position(name) == expected
+
+
+def test_rank_matrix():
+    pattern = layered_pattern(2, lambda layer, weight: layer + 1)
+    pattern["classifier"] = 5
+    matrix, unmatched = rank_matrix(pattern)
+    assert matrix.shape == (2, 6) and matrix[0].tolist() == [1.0] * 6 and matrix[1].tolist() == [2.0] * 6
+    assert unmatched == ["classifier"]
+    assert rank_value([True, False, True]) == 2.0
+
+
+@pytest.mark.parametrize("choices", [
+    {"task": "rte", "method": "lora", "threshold": "none", "model": "deberta_v3_base"},
+    {"task": "squad_v2", "method": "triadapt", "threshold": "linear", "model": "tiny"},
+])
+def test_fast_default_config_equals_hydra_composition(choices):
+    from adarank.analysis.defaults import DefaultConfigs
+
+    defaults = DefaultConfigs()
+    composed = defaults._compose(choices)
+    composed.pop("logger")
+    assert defaults._build(choices) == composed
+
+
+def test_triadapt_threshold_none_counts_as_linear(tmp_path):
+    root = tmp_path / "raw"
+    fake_run(root, "rte", "triadapt", 0, 80.0, "linear")
+    runs = load_runs(root)
+    assert list(runs["arm"]) == ["triadapt_linear"]
