@@ -117,3 +117,12 @@ def test_save_adapter_writes_the_trained_weights(make_cfg, method, expected):
     cfg, overrides = make_cfg([f"method={method}", "train.max_steps=1", "results.save_adapter=true"])
     folder = run_folder(run_module.run(cfg, overrides), cfg)
     assert (folder / "adapter" / expected).is_file()
+
+
+def test_a_default_value_spelled_out_is_the_same_run(make_cfg, caplog):
+    plain, plain_overrides = make_cfg(["method=bitfit", "train.max_steps=1"])
+    first = run_module.run(plain, plain_overrides)
+    spelled, spelled_overrides = make_cfg(["method=bitfit", "train.max_steps=1", "task.init_warmup=100"])
+    with caplog.at_level("INFO", logger="adarank"):
+        again = run_module.run(spelled, spelled_overrides)
+    assert "skipping" in caplog.text and again == first

@@ -58,8 +58,8 @@ def variant_slug(overrides: list[str]) -> str:
     kept = []
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
-        if key in IDENTITY_OVERRIDES or key.split(".")[0] in ("hydra", "logger", "results"):
-            continue
+        if key in IDENTITY_OVERRIDES or key.split(".")[0].split("/")[0] in ("hydra", "logger", "results", "sweep"):
+            continue  # sweep/arm only picks method + threshold, already in the path
         kept.append(item.lstrip("+~"))
     if not kept:
         return "default"
@@ -75,6 +75,19 @@ def run_dir(cfg, threshold: str | None, overrides: list[str]) -> Path:
 
 def is_complete(folder: Path) -> bool:
     return (folder / METRICS_FILE).is_file()
+
+
+def find_complete(folder: Path) -> Path | None:
+    """A finished run with the same config hash as ``folder``, whatever its readable slug.
+
+    The hash is the run's identity; the slug only reflects how the config was typed (a sweep
+    that spells out a default value computes the same config as a plain run).
+    """
+    if is_complete(folder):
+        return folder
+    config_id = folder.name.rsplit("-", 1)[-1]
+    matches = sorted(folder.parent.glob(f"*-{config_id}/{METRICS_FILE}")) if folder.parent.is_dir() else []
+    return matches[0].parent if matches else None
 
 
 def prepare_folder(folder: Path) -> None:

@@ -15,8 +15,10 @@ from omegaconf import OmegaConf
 
 from adarank import checks, results
 from adarank.data import build_task_data
+from adarank.gpu_slots import claim_gpu
 from adarank.methods import method_class
 from adarank.models import load_model, load_tokenizer
+from adarank.tracking import make_tracker
 from adarank.training.loop import pick_device, plan_total_steps, train
 
 log = logging.getLogger("adarank")
@@ -31,9 +33,10 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
     wall_start = time.perf_counter()
     threshold = checks.check_static(cfg)
     folder = results.run_dir(cfg, threshold, overrides or [])
-    if results.is_complete(folder) and not cfg.force:
-        log.info("skipping %s: metrics.json exists (force=true reruns it)", folder)
-        return json.loads((folder / results.METRICS_FILE).read_text())
+    done = results.find_complete(folder)
+    if done is not None and not cfg.force:
+        log.info("skipping %s: metrics.json exists (force=true reruns it)", done)
+        return json.loads((done / results.METRICS_FILE).read_text())
 
     _seed_everything(int(cfg.seed))
     tokenizer = load_tokenizer(cfg.model, cfg.data.cache_dir)
@@ -44,59 +47,63 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
 
     results.prepare_folder(folder)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    from adarank.tracking import make_tracker
-
-    tracker = make_tracker(cfg, folder)
-    exit_code = 1
-    try:
-        _seed_everything(int(cfg.seed))  # the head's initialisation depends on the seed
-        model = load_model(cfg.model, task_data.head, task_data.num_labels, float(cfg.task.cls_dropout), cfg.data.cache_dir)
-        threshold_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.threshold), "name": threshold or "none"})
-        method = method_class(cfg.method.name)(cfg.method, cfg.task, threshold_cfg, cfg.model)
-        model = method.prepare(model)
-        device = pick_device(cfg.train.device)
-        model.to(device)
-        log.info(
-            "%s / %s on %s: %d optimizer steps, results in %s",
-            cfg.task.name, results.method_label(cfg.method.name, threshold), cfg.model.name, total_steps, folder,
-        )
-        with open(folder / "train_log.jsonl", "w") as train_log:
-            outcome = train(model, method, task_data, cfg, total_steps, train_log, tracker, device)
-        pattern = method.rank_pattern(model)
-        results.write_json_atomic(folder / "rank_pattern.json", pattern or {})
-        results.write_jsonl(folder / "growth_log.jsonl", method.growth_log)
-        if cfg.results.save_adapter:
-            method.save_adapter(model, str(folder / "adapter"))
-        for event in method.growth_log:
-            tracker.log_growth(event)
-        metrics = {
-            "schema_version": results.SCHEMA_VERSION,
-            "status": "completed",
-            "task": cfg.task.name,
-            "method": cfg.method.name,
-            "threshold": threshold,
-            "seed": int(cfg.seed),
-            "model": cfg.model.name,
-            "variant": folder.name,
-            "primary_metric": cfg.task.primary_metric,
-            "best": outcome.best,
-            "final": outcome.final,
-            "evaluations": outcome.evaluations,
-            "costs": {"wall_seconds": time.perf_counter() - wall_start, **outcome.costs},
-            "rank": method.summary(model),
-            "data": task_data.info,
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "provenance": results.provenance(device),
-        }
-        tracker.log_summary(metrics)
-        # metrics.json last: its presence marks the run complete
-        results.write_json_atomic(folder / results.METRICS_FILE, metrics)
-        exit_code = 0
-    finally:
-        tracker.finish(exit_code)
-    log.info("%s: best %s %.2f, final %.2f", folder, cfg.task.primary_metric,
-             metrics["best"][cfg.task.primary_metric], metrics["final"][cfg.task.primary_metric])
+    # one GPU per job on a multi-GPU box, held until the run ends (see gpu_slots.py)
+    with claim_gpu(cfg.train.device) as device_name:
+        tracker = make_tracker(cfg, folder)
+        exit_code = 1
+        try:
+            metrics = _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, pick_device(device_name))
+            metrics["costs"]["wall_seconds"] = time.perf_counter() - wall_start
+            tracker.log_summary(metrics)
+            # metrics.json last: its presence marks the run complete
+            results.write_json_atomic(folder / results.METRICS_FILE, metrics)
+            exit_code = 0
+        finally:
+            tracker.finish(exit_code)
+    primary = cfg.task.primary_metric
+    log.info("%s: best %s %.2f, final %.2f", folder, primary, metrics["best"][primary], metrics["final"][primary])
     return metrics
+
+
+def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, device) -> dict:
+    """Build model and method, train, write the per-run files; return the metrics.json content."""
+    _seed_everything(int(cfg.seed))  # the head's initialisation depends on the seed
+    model = load_model(cfg.model, task_data.head, task_data.num_labels, float(cfg.task.cls_dropout), cfg.data.cache_dir)
+    threshold_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.threshold), "name": threshold or "none"})
+    method = method_class(cfg.method.name)(cfg.method, cfg.task, threshold_cfg, cfg.model)
+    model = method.prepare(model)
+    model.to(device)
+    log.info(
+        "%s / %s on %s: %d optimizer steps, results in %s",
+        cfg.task.name, results.method_label(cfg.method.name, threshold), cfg.model.name, total_steps, folder,
+    )
+    with open(folder / "train_log.jsonl", "w") as train_log:
+        outcome = train(model, method, task_data, cfg, total_steps, train_log, tracker, device)
+    results.write_json_atomic(folder / "rank_pattern.json", method.rank_pattern(model) or {})
+    results.write_jsonl(folder / "growth_log.jsonl", method.growth_log)
+    for event in method.growth_log:
+        tracker.log_growth(event)
+    if cfg.results.save_adapter:
+        method.save_adapter(model, str(folder / "adapter"))
+    return {
+        "schema_version": results.SCHEMA_VERSION,
+        "status": "completed",
+        "task": cfg.task.name,
+        "method": cfg.method.name,
+        "threshold": threshold,
+        "seed": int(cfg.seed),
+        "model": cfg.model.name,
+        "variant": folder.name,
+        "primary_metric": cfg.task.primary_metric,
+        "best": outcome.best,
+        "final": outcome.final,
+        "evaluations": outcome.evaluations,
+        "costs": {"wall_seconds": None, **outcome.costs},
+        "rank": method.summary(model),
+        "data": task_data.info,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "provenance": results.provenance(device),
+    }
 
 
 def _seed_everything(seed: int) -> None:
