@@ -21,13 +21,6 @@ MODEL_CFG = OmegaConf.load(CONF_DIR / "model" / "tiny.yaml")
 M = 12  # 2 layers x 6 encoder linears
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared, oversubscribed machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_task(**adalora):

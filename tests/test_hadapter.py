@@ -19,12 +19,6 @@ TINY = OmegaConf.load(CONF_DIR / "model" / "tiny.yaml")
 ADALORA_PAPER_HADAPTER_PARAMS = 1.22e6  # AdaLoRA (ICLR 2023) Table 1, DeBERTaV3-base, HAdapter row
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def prepared(model_cfg=TINY, method_cfg=METHOD_CFG):

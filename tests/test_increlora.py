@@ -18,13 +18,6 @@ from adarank.methods.increlora.allocator import ema_update, growth_k, is_growth_
 from adarank.methods.increlora.layer import RESERVE_E, IncreLinear, gram_orth_penalty, importance
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared, oversubscribed machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 METHOD_CFG = {"name": "increlora", "init_rank": 1, "score_norm": "sqrt_numel", "new_group_lr": "restart"}

@@ -4,21 +4,11 @@ DeBERTaV3-base) produces the growth log the pure schedule predicts for the run's
 import json
 
 import pytest
-import torch
 
 from adarank.methods.triadapt.schedule import plan
 from adarank.run import run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: extra intra-op threads only add contention on a shared CPU (5x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_growth_log_equals_pure_schedule(make_cfg, tmp_path, threshold="linear"):

@@ -25,6 +25,7 @@ import pandas as pd
 
 from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.paper import load_paper
+from adarank.results import NON_SEMANTIC_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +40,10 @@ AXES = {
     "task.init_warmup": "init_warmup",
     "task.incre_interval": "incre_interval",
 }
-# keys that never make two runs different experiments
-IGNORED_TOP = ("hydra", "logger", "results", "force", "seed")
-IGNORED_KEYS = (
-    "data.dir",
-    "data.cache_dir",
-    "model.local_path",
-    "train.device",
-    "train.progress",
-    "train.num_workers",
-    "train.log_interval",
-    "train.eval_batch_size",
-)
+# keys that never make two runs different experiments: the run-identity rule of results.py, plus
+# the seed (seeds of one experiment are aggregated)
+IGNORED_TOP = ("hydra", "seed") + tuple(k for k in NON_SEMANTIC_KEYS if "." not in k)
+IGNORED_KEYS = tuple(k for k in NON_SEMANTIC_KEYS if "." in k)
 
 
 class NoResultsError(RuntimeError):
