@@ -26,7 +26,7 @@ def check_static(cfg) -> str | None:
     _one_of("model.source", cfg.model.source, SOURCES)
     _one_of("train.progress", cfg.train.progress, PROGRESS)
     _one_of("train.precision", cfg.train.precision, PRECISIONS)
-    for key in ("max_steps", "epochs", "eval_interval", "max_train_samples", "max_eval_samples"):
+    for key in ("max_steps", "epochs", "eval_interval", "max_train_samples", "max_eval_samples", "num_threads"):
         value = cfg.train.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"train.{key} must be a positive integer or null, got {value!r}")

@@ -27,6 +27,7 @@ NON_SEMANTIC_KEYS = (
     "train.device",
     "train.progress",
     "train.num_workers",
+    "train.num_threads",
     "train.log_interval",
     "train.eval_batch_size",
 )

@@ -38,6 +38,8 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
         log.info("skipping %s: metrics.json exists (force=true reruns it)", done)
         return json.loads((done / results.METRICS_FILE).read_text())
 
+    if cfg.train.num_threads:
+        torch.set_num_threads(int(cfg.train.num_threads))
     _seed_everything(int(cfg.seed))
     tokenizer = load_tokenizer(cfg.model, cfg.data.cache_dir)
     task_data = build_task_data(cfg.task, cfg.data, cfg.train, tokenizer)
