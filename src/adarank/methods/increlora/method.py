@@ -102,6 +102,10 @@ class IncreLoRA(Method):
         self.exhausted_at: int | None = None
         self.exp_avg_ipt: torch.Tensor | None = None
         self.exp_avg_unc: torch.Tensor | None = None
+        #: fast paths (tests/test_increlora_fast.py): in-place importance scoring in the layers,
+        #: and AdamW's foreach kernels over the many rank-1 blocks (the same arithmetic as the
+        #: per-tensor loop, which CPU AdamW uses by default); False = the plain oracle
+        self.fast = True
 
     # -- cost accounting: time in the allocator plus time in the backward scoring hooks ------
     @property
@@ -125,6 +129,7 @@ class IncreLoRA(Method):
                 dropout=float(self.task.lora_dropout),
                 score_norm=str(self.cfg.score_norm),
             )
+            layer.fast = self.fast
             replace_module(model, name, layer)
             self.layers[name] = layer
         self.total_rank = init_rank * len(self.layers)
@@ -135,6 +140,16 @@ class IncreLoRA(Method):
 
     def set_total_steps(self, total_steps: int) -> None:
         self.total_steps = int(total_steps)
+
+    def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
+        groups = super().optimizer_groups(model, weight_decay)
+        for group in groups:
+            group.update(self._group_options())
+        return groups
+
+    def _group_options(self) -> dict:
+        """Every growth adds 3 tensors per grown module: let AdamW loop over them in C++."""
+        return {"foreach": True} if self.fast else {}
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         if self.reg_coef == 0:
@@ -150,7 +165,9 @@ class IncreLoRA(Method):
         start = time.perf_counter()
         if not self.reserve_added:
             new = [p for layer in self.layers.values() for p in layer.add_reserve(self.delta_r)]
-            ctx.scheduler.add_param_group(new, weight_decay=self.weight_decay, policy=self.lr_policy)
+            ctx.scheduler.add_param_group(
+                new, weight_decay=self.weight_decay, policy=self.lr_policy, **self._group_options()
+            )
             self.reserve_added = True
         if self.budget_open:
             self._update_scores()
@@ -188,7 +205,9 @@ class IncreLoRA(Method):
             new_params += layer.activate_reserve()
             new_params += layer.add_reserve(self.delta_r)
         self.total_rank += self.delta_r * len(chosen)
-        ctx.scheduler.add_param_group(new_params, weight_decay=self.weight_decay, policy=self.lr_policy)
+        ctx.scheduler.add_param_group(
+            new_params, weight_decay=self.weight_decay, policy=self.lr_policy, **self._group_options()
+        )
         if self.total_rank >= self.target_total_rank:
             self._close_budget(step=ctx.step)
         self.growth_log.append(

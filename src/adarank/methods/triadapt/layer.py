@@ -28,6 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 EPS = 1e-5  # ε of Eq. 5 (reading A14)
+#: default of ``TriAdaptLinear.fast``: the regulariser reuses the A and B the forward pass just
+#: concatenated instead of concatenating them again (same values, same gradients; the plain
+#: path, ``fast=False``, is the oracle of tests/test_triadapt_fast.py)
+FAST = True
 
 
 class TriAdaptLinear(nn.Module):
@@ -61,6 +65,9 @@ class TriAdaptLinear(nn.Module):
         self._cols: list[int] = []
         self._num_l = 0  # how many of them belong to L
         self.register_buffer("_d_index", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.fast = FAST
+        # (key, A, B) of the last training forward pass, reused by orthogonality() while valid
+        self._factors: tuple | None = None
         # B starts at zero so that the adapted model equals the backbone at step 0 (§III-B, A13)
         self.grow(init_rank, zero_b=True)
 
@@ -102,6 +109,7 @@ class TriAdaptLinear(nn.Module):
         self._cols += [p[1] for p in u_pos]
         self.blocks.append(size)
         self.rank = new
+        self._factors = None
         rows = torch.tensor(self._rows, dtype=torch.long, device=weight.device)
         cols = torch.tensor(self._cols, dtype=torch.long, device=weight.device)
         self._d_index = rows * new + cols  # flat index into the r × r matrix D
@@ -146,14 +154,34 @@ class TriAdaptLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 5 as x ↦ W0x + ((x Aᵀ)(s·D)ᵀ)Bᵀ, s = α/(r+ε); ΔW is never formed."""
         out = self.base(x)
-        hidden = F.linear(self.dropout(x), self.factor_a())
+        a, b = self.factor_a(), self.factor_b()
+        if self.fast and torch.is_grad_enabled():
+            self._factors = (self._factor_key(), a, b)
+        hidden = F.linear(self.dropout(x), a)
         hidden = F.linear(hidden, self.factor_d(self.scaling))  # scale the r×r, not the output
-        return out + F.linear(hidden, self.factor_b())
+        return out + F.linear(hidden, b)
+
+    def _factor_key(self) -> tuple:
+        """Changes whenever a block is added or any A / B block is modified in place (an
+        optimizer step bumps the tensor version counter)."""
+        return (len(self.tri_A), *(p._version for p in self.tri_A), *(p._version for p in self.tri_B))
+
+    def _factors_for_regulariser(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A and B: the forward pass's own concatenations when they are still current (the
+        regulariser follows the forward pass of the same step), else fresh ones."""
+        cached, self._factors = self._factors, None
+        if self.fast and cached is not None and torch.is_grad_enabled() and cached[0] == self._factor_key():
+            return cached[1], cached[2]
+        return self.factor_a(), self.factor_b()
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double(): drop the cached factors
+        self._factors = None
+        return super()._apply(fn, *args, **kwargs)
 
     # -- regulariser -------------------------------------------------------------------------
     def orthogonality(self) -> tuple[torch.Tensor, torch.Tensor]:
         """‖AAᵀ − I‖_F and ‖BᵀB − I‖_F (Eq. 10 in the r × r Gram form of reading A15)."""
-        a, b = self.factor_a(), self.factor_b()
+        a, b = self._factors_for_regulariser()
         eye = torch.eye(self.rank, device=a.device, dtype=a.dtype)
         return torch.linalg.matrix_norm(a @ a.T - eye), torch.linalg.matrix_norm(b.T @ b - eye)
 

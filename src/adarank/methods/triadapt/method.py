@@ -54,6 +54,10 @@ class TriAdaptLoRA(Method):
         self.layers: dict[str, TriAdaptLinear] = {}
         self.allocator: RankAllocator | None = None
         self.total_steps: int | None = None
+        #: fast paths (see tests/test_triadapt_fast.py): the regulariser reuses the forward's
+        #: factors, and AdamW updates this method's many small block tensors with its foreach
+        #: kernels (the same arithmetic as the per-tensor loop); False = the plain oracle
+        self.fast = True
 
     # -- configuration ---------------------------------------------------------------------
     @classmethod
@@ -107,6 +111,8 @@ class TriAdaptLoRA(Method):
             dropout=float(self.task.get("lora_dropout") or 0.0),
             init_std=float(self.options["init_std"]),
         )
+        for layer in self.layers.values():
+            layer.fast = self.fast
         self.allocator = RankAllocator(
             self.layers,
             reference_rank=int(self.task["reference_rank"]),
@@ -124,6 +130,13 @@ class TriAdaptLoRA(Method):
 
     def set_total_steps(self, total_steps: int) -> None:
         self.total_steps = int(total_steps)
+
+    def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
+        groups = super().optimizer_groups(model, weight_decay)
+        if self.fast:  # every growth adds 4 tensors per grown module: loop over them in C++
+            for group in groups:
+                group["foreach"] = True
+        return groups
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         """reg_orth_coef × mean over the 2M matrices of ‖AAᵀ−I‖_F, ‖BᵀB−I‖_F (Eq. 10, A15)."""
@@ -146,6 +159,7 @@ class TriAdaptLoRA(Method):
                 params,
                 weight_decay=float(self.task.get("weight_decay") or 0.0),
                 policy=self.options["new_group_lr"],
+                **({"foreach": True} if self.fast else {}),
             )
         self.allocation_seconds += time.perf_counter() - start
         if event is not None:

@@ -1,0 +1,92 @@
+"""Smoke tests of the benchmark (``make bench``): it runs, takes turns, puts growth events in the
+timed window and writes schema-valid JSON. Timings are never asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adarank.bench import ROW_KEYS, SCHEMA_VERSION, BenchConfig, Turns, markdown_table, run_bench, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def check_schema(report: dict, methods: list[str], steps: int) -> None:
+    assert report["schema_version"] == SCHEMA_VERSION
+    assert report["config"]["steps"] == steps and report["machine"]["device"] in ("cpu", "cuda")
+    assert [row["method"] for row in report["results"]] == methods
+    for row in report["results"]:
+        missing = [key for key in ROW_KEYS if key not in row]
+        assert not missing, (row["method"], missing)
+        assert row["steps_timed"] == steps == len(row["step_seconds"])
+        assert row["min_step_s"] <= row["median_step_s"] and row["min_step_s"] > 0
+        assert row["trainable_params_end"] >= row["trainable_params_start"] > 0
+    json.dumps(report)  # plain JSON types only
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_runs_methods_side_by_side_with_growth_in_the_timed_window(tmp_path):
+    methods = ["lora", "increlora", "triadapt-linear"]
+    bc = BenchConfig(preset="tiny", batch=2, seq_len=16, steps=6, warmup=1, interval=2, methods=tuple(methods),
+                     memory=False)
+    report = run_bench(bc, log=lambda _: None)
+    check_schema(report, methods, steps=6)
+    rows = {row["method"]: row for row in report["results"]}
+    assert rows["lora"]["x_lora"] == 1.0 and rows["lora"]["events_timed"] == 0
+    for grower in ("increlora", "triadapt-linear"):
+        assert rows[grower]["events_timed"] >= 1  # growth happened among the timed steps
+        assert rows[grower]["trainable_params_end"] > rows[grower]["trainable_params_start"]
+        assert rows[grower]["allocation_s_total"] >= 0
+    assert rows["lora"]["total_rank_end"] == 8 * report["adapted_modules"] == report["budget_total_rank"]
+    path = write_report(report, tmp_path / "out" / "bench.json")
+    assert json.loads(path.read_text())["results"][0]["method"] == "lora"
+    table = markdown_table(report)
+    assert table.count("\n") == 1 + len(methods) and "triadapt-linear" in table
+
+
+def test_turns_alternate_between_runners():
+    turns, order = Turns(3), []
+    import threading
+
+    def work(i):
+        for _ in range(2):
+            turns.wait(i)
+            order.append(i)
+            turns.pass_on(i)
+        turns.wait(i)
+        turns.leave(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert order == [0, 1, 2, 0, 1, 2]
+
+
+@pytest.mark.slow
+def test_cli_writes_json_with_per_method_memory_from_fresh_processes(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), "--preset", "tiny", "--methods", "floor,lora",
+         "--batch", "2", "--seq-len", "16", "--steps", "2", "--warmup", "1", "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| floor |" in proc.stdout and "| lora |" in proc.stdout
+    report = json.loads(out.read_text())
+    check_schema(report, ["floor", "lora"], steps=2)
+    for row in report["results"]:
+        assert row["peak_memory_mb"] > 0 and row["memory_kind"] in ("cpu_rss_hwm", "cuda_max_allocated")
+    assert report["results"][1]["x_floor"] is not None

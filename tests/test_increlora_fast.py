@@ -1,0 +1,101 @@
+"""The fast IncreLoRA paths (in-place importance scoring, AdamW foreach over the rank-1 blocks) against the straightforward code kept
+as the oracle (``IncreLinear.fast = False``): same losses, same parameters, same growth log,
+bit for bit, over a few hundred optimizer steps with growth events and the budget closing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from adarank.methods.base import StepContext
+from adarank.methods.increlora import IncreLoRA
+from adarank.methods.increlora.layer import importance, importance_inplace
+from adarank.training.optim import GrowingLinearSchedule, build_optimizer
+
+METHOD_CFG = {"name": "increlora", "init_rank": 1, "score_norm": "sqrt_numel", "new_group_lr": "restart"}
+MODEL_CFG = OmegaConf.create({"target_regex": r"layers\.\d+", "head_modules": ["head"]})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Toy(nn.Module):
+    def __init__(self, modules: int = 4, width: int = 12):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(modules))
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return self.head(x.mean(1))
+
+
+def train(fast: bool, steps: int = 300, score_norm: str = "sqrt_numel"):
+    torch.manual_seed(0)
+    task = OmegaConf.create(
+        dict(reference_rank=5, incre_rank_num=1, top_h=2, init_warmup=20, incre_interval=20, beta1=0.85,
+             beta2=0.85, reg_orth_coef=0.1, alpha=8, lora_dropout=0.0, weight_decay=0.01, warmup_steps=10)
+    )
+    method = IncreLoRA(OmegaConf.create({**METHOD_CFG, "score_norm": score_norm}), task, None, MODEL_CFG)
+    method.fast = fast
+    model = method.prepare(Toy())
+    assert all(layer.fast is fast for layer in method.layers.values())
+    method.set_total_steps(steps)
+    optimizer = build_optimizer(method.optimizer_groups(model, 0.01), 5e-3)
+    scheduler = GrowingLinearSchedule(optimizer, 10, steps)
+    data = torch.Generator().manual_seed(1)
+    losses = []
+    for step in range(steps):  # the loop's order: loss + extra, backward, clip, hooks, step
+        x = torch.randn(6, 5, 12, generator=data)
+        y = torch.randint(0, 3, (6,), generator=data)
+        loss = nn.functional.cross_entropy(model(x), y) + method.extra_loss(model)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+        ctx = StepContext(step, steps, model, optimizer, scheduler)
+        method.before_optimizer_step(ctx)
+        optimizer.step()
+        scheduler.step()
+        method.after_optimizer_step(ctx)
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert all(bool(g.get("foreach")) is fast for g in optimizer.param_groups)
+    return method, model, losses, optimizer
+
+
+@pytest.mark.parametrize("score_norm", ["sqrt_numel", "numel"])
+def test_fast_scoring_gives_the_same_run_bit_for_bit(score_norm):
+    slow_method, slow_model, slow_losses, slow_opt = train(fast=False, score_norm=score_norm)
+    fast_method, fast_model, fast_losses, fast_opt = train(fast=True, score_norm=score_norm)
+    assert len(slow_method.growth_log) >= 5 and not slow_method.budget_open  # growth, then closed
+    assert fast_losses == slow_losses
+    assert fast_method.growth_log == slow_method.growth_log
+    slow_params, fast_params = dict(slow_model.named_parameters()), dict(fast_model.named_parameters())
+    assert slow_params.keys() == fast_params.keys()
+    for name, param in slow_params.items():
+        assert torch.equal(param, fast_params[name]), name
+        s_state, f_state = slow_opt.state.get(param, {}), fast_opt.state.get(fast_params[name], {})
+        assert s_state.keys() == f_state.keys(), name
+        for key in s_state:
+            assert torch.equal(s_state[key], f_state[key]), (name, key)
+    assert torch.equal(slow_method.exp_avg_ipt, fast_method.exp_avg_ipt)
+
+
+def test_inplace_importance_equals_the_plain_formula():
+    gen = torch.Generator().manual_seed(3)
+    for shape in [(7, 5), (64, 48), (33, 129)]:
+        delta, grad = torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen)
+        for norm in ("sqrt_numel", "numel"):
+            expected = importance(delta, grad, norm)
+            assert torch.equal(importance_inplace(delta, grad.clone(), norm), expected)
+    n = 7 * 5
+    assert float(importance(torch.ones(7, 5), -torch.ones(7, 5))) == pytest.approx(n / math.sqrt(n))
