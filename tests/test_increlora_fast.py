@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from adarank.methods.base import StepContext
+from adarank.training.loop import optimization_step
 from adarank.methods.increlora import IncreLoRA
 from adarank.methods.increlora.layer import importance, importance_inplace
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
@@ -55,18 +55,11 @@ def train(fast: bool, steps: int = 300, score_norm: str = "sqrt_numel"):
     scheduler = GrowingLinearSchedule(optimizer, 10, steps)
     data = torch.Generator().manual_seed(1)
     losses = []
-    for step in range(steps):  # the loop's order: loss + extra, backward, clip, hooks, step
+    for step in range(steps):  # the training loop's own step
         x = torch.randn(6, 5, 12, generator=data)
         y = torch.randint(0, 3, (6,), generator=data)
         loss = nn.functional.cross_entropy(model(x), y) + method.extra_loss(model)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-        ctx = StepContext(step, steps, model, optimizer, scheduler)
-        method.before_optimizer_step(ctx)
-        optimizer.step()
-        scheduler.step()
-        method.after_optimizer_step(ctx)
-        optimizer.zero_grad(set_to_none=True)
+        optimization_step(method, model, optimizer, scheduler, loss, step, steps, 1.0)
         losses.append(loss.item())
     assert all(bool(g.get("foreach")) is fast for g in optimizer.param_groups)
     return method, model, losses, optimizer

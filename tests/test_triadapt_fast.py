@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from adarank.methods.base import StepContext
+from adarank.training.loop import optimization_step
 from adarank.methods.triadapt import TriAdaptLoRA
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 
@@ -65,18 +65,11 @@ def train(fast: bool, mode: str, steps: int = 300):
     scheduler = GrowingLinearSchedule(optimizer, 10, steps)
     data = torch.Generator().manual_seed(1)
     losses = []
-    for step in range(steps):  # the loop's order: loss + extra, backward, clip, hooks, step
+    for step in range(steps):  # the training loop's own step
         x = torch.randn(6, 5, H, generator=data)
         y = torch.randint(0, 3, (6,), generator=data)
         loss = nn.functional.cross_entropy(model(x), y) + method.extra_loss(model)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-        ctx = StepContext(step, steps, model, optimizer, scheduler)
-        method.before_optimizer_step(ctx)
-        optimizer.step()
-        scheduler.step()
-        method.after_optimizer_step(ctx)
-        optimizer.zero_grad(set_to_none=True)
+        optimization_step(method, model, optimizer, scheduler, loss, step, steps, 1.0)
         losses.append(loss.item())
     return method, model, optimizer, losses
 

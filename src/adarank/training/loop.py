@@ -93,6 +93,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def optimization_step(method, model, optimizer, scheduler, loss, step: int, total_steps: int, max_grad_norm: float) -> None:
+    """Everything after the forward pass of optimizer step ``step``, in the order of the reference
+    codes (methods/base.py): backward, clipping, growth hook, AdamW and LR steps, masking hook."""
+    loss.backward()
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    ctx = StepContext(step, total_steps, model, optimizer, scheduler)
+    method.before_optimizer_step(ctx)
+    optimizer.step()
+    scheduler.step()
+    method.after_optimizer_step(ctx)
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, device) -> TrainResult:
     """Train ``model`` for ``total_steps`` optimizer steps; return best/final dev metrics and costs.
 
@@ -155,15 +169,7 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
                 loss = model(**batch).loss
                 extra = method.extra_loss(model)
                 total_loss = loss if extra is None else loss + extra
-            total_loss.backward()
-            trainable = [p for g in optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(trainable, float(tcfg.max_grad_norm))
-            ctx = StepContext(step, total_steps, model, optimizer, scheduler)
-            method.before_optimizer_step(ctx)
-            optimizer.step()
-            scheduler.step()
-            method.after_optimizer_step(ctx)
-            optimizer.zero_grad(set_to_none=True)
+            optimization_step(method, model, optimizer, scheduler, total_loss, step, total_steps, float(tcfg.max_grad_norm))
             step += 1
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
