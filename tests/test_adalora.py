@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from adarank.methods.adalora import AdaLoRA
 from adarank.methods.base import StepContext
 from adarank.models import adapted_module_names, load_model
+from adarank.results import validate_run_folder
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 from tests.conftest import CONF_DIR, compose
 
@@ -183,8 +184,7 @@ def test_end_to_end_run_writes_a_complete_results_folder(make_cfg):
     )
     metrics = run(cfg, overrides)
     folder = next(Path(cfg.results.root).rglob("metrics.json")).parent
-    for name in ("metrics.json", "config.yaml", "train_log.jsonl", "rank_pattern.json", "growth_log.jsonl"):
-        assert (folder / name).is_file(), name
+    assert validate_run_folder(folder) == []
     pattern = json.loads((folder / "rank_pattern.json").read_text())
     growth = [json.loads(line) for line in (folder / "growth_log.jsonl").read_text().splitlines()]
     assert len(pattern) == M and sum(pattern.values()) == 8 * M

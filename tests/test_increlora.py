@@ -16,6 +16,7 @@ from adarank.methods.base import StepContext
 from adarank.methods.increlora import IncreLoRA
 from adarank.methods.increlora.allocator import ema_update, growth_k, is_growth_step, select_modules
 from adarank.methods.increlora.layer import RESERVE_E, IncreLinear, gram_orth_penalty, importance
+from adarank.results import validate_run_folder
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 
 
@@ -319,8 +320,7 @@ def test_end_to_end_run_writes_a_complete_results_folder(make_cfg):
     )
     metrics = run(cfg, overrides)
     folder = next(Path(cfg.results.root).rglob("metrics.json")).parent
-    for name in ("metrics.json", "config.yaml", "train_log.jsonl", "rank_pattern.json", "growth_log.jsonl"):
-        assert (folder / name).is_file(), name
+    assert validate_run_folder(folder) == []
     pattern = json.loads((folder / "rank_pattern.json").read_text())
     growth = [json.loads(line) for line in (folder / "growth_log.jsonl").read_text().splitlines()]
     assert len(pattern) == 12  # 2 layers x 6 encoder linears of the tiny DeBERTa

@@ -20,12 +20,6 @@ METHOD_CFG = {"name": "increlora", "init_rank": 1, "score_norm": "sqrt_numel", "
 MODEL_CFG = OmegaConf.create({"target_regex": r"layers\.\d+", "head_modules": ["head"]})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Toy(nn.Module):
