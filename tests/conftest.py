@@ -55,6 +55,18 @@ def merge_overrides(defaults: dict, overrides: list[str]) -> list[str]:
     return [f"{k}={v}" for k, v in merged.items()]
 
 
+def assert_same_training_state(model_a, optimizer_a, model_b, optimizer_b) -> None:
+    """Two training runs ended bit-identical: every parameter and its optimizer state."""
+    params_a, params_b = dict(model_a.named_parameters()), dict(model_b.named_parameters())
+    assert params_a.keys() == params_b.keys()
+    for name, param in params_a.items():
+        assert torch.equal(param, params_b[name]), name
+        state_a, state_b = optimizer_a.state.get(param, {}), optimizer_b.state.get(params_b[name], {})
+        assert state_a.keys() == state_b.keys(), name
+        for key in state_a:
+            assert torch.equal(state_a[key], state_b[key]), (name, key)
+
+
 @pytest.fixture
 def make_cfg(tmp_path, tiny_glue_dir):
     """make_cfg([...overrides]) -> (cfg, overrides): a fast tiny-model config writing under tmp_path."""

@@ -15,6 +15,7 @@ from adarank.training.loop import optimization_step
 from adarank.methods.increlora import IncreLoRA
 from adarank.methods.increlora.layer import importance, importance_inplace
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
+from tests.conftest import assert_same_training_state
 
 METHOD_CFG = {"name": "increlora", "init_rank": 1, "score_norm": "sqrt_numel", "new_group_lr": "restart"}
 MODEL_CFG = OmegaConf.create({"target_regex": r"layers\.\d+", "head_modules": ["head"]})
@@ -66,14 +67,7 @@ def test_fast_scoring_gives_the_same_run_bit_for_bit(score_norm):
     assert len(slow_method.growth_log) >= 5 and not slow_method.budget_open  # growth, then closed
     assert fast_losses == slow_losses
     assert fast_method.growth_log == slow_method.growth_log
-    slow_params, fast_params = dict(slow_model.named_parameters()), dict(fast_model.named_parameters())
-    assert slow_params.keys() == fast_params.keys()
-    for name, param in slow_params.items():
-        assert torch.equal(param, fast_params[name]), name
-        s_state, f_state = slow_opt.state.get(param, {}), fast_opt.state.get(fast_params[name], {})
-        assert s_state.keys() == f_state.keys(), name
-        for key in s_state:
-            assert torch.equal(s_state[key], f_state[key]), (name, key)
+    assert_same_training_state(slow_model, slow_opt, fast_model, fast_opt)
     assert torch.equal(slow_method.exp_avg_ipt, fast_method.exp_avg_ipt)
 
 

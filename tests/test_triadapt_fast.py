@@ -13,6 +13,7 @@ from torch import nn
 from adarank.training.loop import optimization_step
 from adarank.methods.triadapt import TriAdaptLoRA
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
+from tests.conftest import assert_same_training_state
 
 H = 12
 MODEL = {"target_regex": r"encoder\.layer\.\d+\.(query|value)", "head_modules": ["classifier"]}
@@ -77,14 +78,7 @@ def test_fast_paths_give_the_same_run_bit_for_bit(mode):
     assert all(g.get("foreach") for g in fast_opt.param_groups)
     assert fast_losses == slow_losses
     assert fast_method.growth_log == slow_method.growth_log
-    slow_params, fast_params = dict(slow_model.named_parameters()), dict(fast_model.named_parameters())
-    assert slow_params.keys() == fast_params.keys()
-    for name, param in slow_params.items():
-        assert torch.equal(param, fast_params[name]), name
-        s_state, f_state = slow_opt.state.get(param, {}), fast_opt.state.get(fast_params[name], {})
-        assert s_state.keys() == f_state.keys(), name
-        for key in s_state:
-            assert torch.equal(s_state[key], f_state[key]), (name, key)
+    assert_same_training_state(slow_model, slow_opt, fast_model, fast_opt)
 
 
 def test_regulariser_recomputes_when_the_factors_changed_since_the_forward_pass():
