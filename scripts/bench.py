@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default=None, help="fp32 | bf16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = leave as is; default 1)")
+    p.add_argument("--steady", action="store_true",
+                   help="grow from step 1 every step (init_warmup 0) so that fixed-k methods reach their final "
+                        "rank during the warm-up and the timed steps run at it (use --warmup > 8)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
     p.add_argument("--out", default="results/bench/bench.json", help="JSON output ({preset} is substituted)")
     args = p.parse_args(argv)
@@ -71,6 +74,7 @@ def main(argv=None) -> int:
             precision=args.precision,
             threads=args.threads or None,
             memory=not args.no_memory,
+            steady=args.steady,
         )
         report = run_bench(bc, log=lambda msg: print(msg, file=sys.stderr, flush=True))
         out = args.out.replace("{preset}", preset)

@@ -55,6 +55,31 @@ def test_bench_runs_methods_side_by_side_with_growth_in_the_timed_window(tmp_pat
     assert table.count("\n") == 1 + len(methods) and "triadapt-linear" in table
 
 
+def test_steady_mode_times_only_steps_at_the_final_rank():
+    methods = ["lora", "triadapt-fixed", "triadapt-plain"]
+    bc = BenchConfig(preset="tiny", batch=2, seq_len=16, steps=3, warmup=9, methods=tuple(methods), memory=False,
+                     steady=True)
+    report = run_bench(bc, log=lambda _: None)
+    check_schema(report, methods, steps=3)
+    rows = {row["method"]: row for row in report["results"]}
+    budget = report["budget_total_rank"]
+    for label in ("triadapt-fixed", "triadapt-plain"):  # 7 events of Δr = 1 on every module, all in the warm-up
+        assert rows[label]["events_timed"] == 0 and rows[label]["events_total"] == 7
+        assert rows[label]["total_rank_end"] == budget
+    # the same model either way: the plain storage only differs in how the blocks are stored
+    assert rows["triadapt-plain"]["trainable_params_end"] == rows["triadapt-fixed"]["trainable_params_end"]
+
+
+def test_plain_label_builds_the_straightforward_storage():
+    from adarank.bench import build_runner
+
+    bc = BenchConfig(preset="tiny", batch=2, seq_len=16, steps=2, warmup=1, memory=False)
+    plain, _ = build_runner(bc, "triadapt-plain", 0, torch.device("cpu"))
+    fast, _ = build_runner(bc, "triadapt-fixed", 1, torch.device("cpu"))
+    assert plain.method.fast is False and not hasattr(plain.model, "triadapt_blocks")
+    assert fast.method.fast is True and hasattr(fast.model, "triadapt_blocks")
+
+
 def test_turns_alternate_between_runners():
     turns, order = Turns(3), []
     import threading

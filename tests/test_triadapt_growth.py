@@ -295,8 +295,9 @@ def test_orthogonal_regulariser_by_hand():
     method, model = prepared()
     with torch.no_grad():
         for layer in method.layers.values():
-            layer.tri_A[0].zero_()
-            layer.tri_A[0][0, :2] = torch.tensor([0.6, 0.8])  # AAᵀ = 1 -> 0; B = 0 -> ‖−I₁‖ = 1
+            a = layer.block_tensors().a[0]  # a view of the store's A tensor
+            a.zero_()
+            a[0, :2] = torch.tensor([0.6, 0.8])  # AAᵀ = 1 -> 0; B = 0 -> ‖−I₁‖ = 1
     # coef 0.1 × (6 × (0 + 1)) / (2 × 6)
     assert float(method.extra_loss(model).detach()) == pytest.approx(0.05)
     off, _ = prepared(orth_reg=False)

@@ -50,8 +50,13 @@ def test_prepare_on_tiny_deberta():
     assert len(method.layers) == 12  # 2 layers x 6 linears
     assert not any(".pooler." in n or "classifier" in n for n in method.layers)
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"deberta", "pooler", "classifier"}
-    assert all(".tri_" in n for n, p in model.named_parameters() if p.requires_grad and n.startswith("deberta"))
+    assert trainable == {"triadapt_blocks", "pooler", "classifier"}  # the backbone is frozen
+    # one event so far: the rank-1 initial block of all 12 modules, A rows, B columns, L and U values
+    (event,) = model.triadapt_blocks.events
+    shapes = {name: tuple(p.shape) for name, p in event.named_parameters()}
+    assert shapes == {"A32": (10, 32), "B32": (32, 10), "A64": (2, 64), "B64": (64, 2), "LU": (24,)}
+    assert sum(p.numel() for p in event.parameters()) == sum(
+        layer.in_features + layer.out_features + 2 for layer in method.layers.values())
 
 
 def test_save_load_gives_identical_predictions(tmp_path):
@@ -62,6 +67,10 @@ def test_save_load_gives_identical_predictions(tmp_path):
         expected = model(**inputs()).logits
     method.save_adapter(model, tmp_path / "adapter")
     pattern = method.rank_pattern(model)
+    saved = torch.load(tmp_path / "adapter" / "adapter.pt")
+    # the trained model kept its blocks in a shared store; the file uses the standalone names
+    assert hasattr(model, "triadapt_blocks") and not any(k.startswith("triadapt_blocks") for k in saved)
+    assert sum(".tri_A." in k for k in saved) == sum(len(layer.blocks) for layer in method.layers.values())
     assert len(set(pattern.values())) > 1  # uneven ranks make the test meaningful
 
     fresh, _ = tiny_model(seed=0)  # same backbone, fresh (random) heads, no adapters
@@ -93,5 +102,6 @@ def test_merge_gives_the_same_outputs():
         expected = model(**inputs()).logits
         merged = TriAdaptLoRA.merge(model)
         assert not any(isinstance(m, TriAdaptLinear) for m in merged.modules())
+        assert not hasattr(merged, "triadapt_blocks")  # the block store goes with the layers
         got = merged(**inputs()).logits
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)

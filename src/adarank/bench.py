@@ -22,6 +22,9 @@ the timed steps: init_warmup (t0) = ``warmup``, incre_interval = ``interval``, t
 ``top_h`` (IncreLoRA and TriAdaptLoRA fixed) defaults to the number of adapted modules so that
 the fixed-k methods reach the same final budget r_ref x M as LoRA's r_ref x M within the window
 (the dynamic thresholds follow their own schedule; the final total rank is reported).
+``steady`` instead starts growth at step 1 with interval 1, so that the fixed-k methods finish
+growing during the warm-up and every timed step runs at the final rank (the steady state that
+dominates a real run, whose growth events are hundreds of steps apart).
 
 Memory. Peak memory is measured per method in a fresh subprocess running the same schedule
 alone (so one method's peak cannot hide another's): VmHWM of /proc/self/status on CPU (the
@@ -67,7 +70,12 @@ METHODS = {
     "triadapt-fixed": ("triadapt", "fixed"),
     "triadapt-linear": ("triadapt", "linear"),
     "triadapt-nonlinear": ("triadapt", "nonlinear"),
+    # TriAdaptLoRA-fixed with the straightforward storage (4 parameters per block and module,
+    # no fast paths): the oracle of tests/test_triadapt_fast.py, to see what the fast paths buy
+    "triadapt-plain": ("triadapt", "fixed"),
 }
+#: labels whose method runs with ``fast = False``
+PLAIN = ("triadapt-plain",)
 DEFAULT_METHODS = tuple(METHODS)
 #: what `make bench` runs on the base preset (the methods the performance targets name)
 BASE_DEFAULT_METHODS = ("floor", "lora", "increlora", "triadapt-fixed", "triadapt-linear")
@@ -102,6 +110,9 @@ class BenchConfig:
     threads: int | None = 1  # torch intra-op threads on CPU (None = leave as is)
     seed: int = 0
     memory: bool = True  # peak memory per method in a fresh subprocess
+    #: growth from step 1 with interval 1 (init_warmup 0), so that the fixed-k methods reach their
+    #: final rank inside the warm-up and every timed step runs at the final rank
+    steady: bool = False
 
     @property
     def total_steps(self) -> int:
@@ -109,7 +120,14 @@ class BenchConfig:
 
     @property
     def growth_interval(self) -> int:
+        if self.steady:
+            return 1
         return self.interval or max(1, self.steps // 16)
+
+    @property
+    def growth_start(self) -> int:
+        """init_warmup (t0) of the growing methods."""
+        return 0 if self.steady else self.warmup
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -135,7 +153,7 @@ def compose_cfg(bc: BenchConfig, label: str, device: torch.device):
         f"task.batch_size={bc.batch}",
         f"task.max_seq_length={bc.seq_len}",
         f"task.warmup_steps={bc.warmup}",
-        f"task.init_warmup={bc.warmup}",
+        f"task.init_warmup={bc.growth_start}",
         f"task.incre_interval={bc.growth_interval}",
         f"task.adalora.init_warmup={bc.warmup}",
         f"task.adalora.final_warmup={max(1, bc.steps // 4)}",
@@ -297,6 +315,8 @@ def build_runner(bc: BenchConfig, label: str, index: int, device: torch.device) 
     threshold_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.threshold), "name": resolved or "none"})
     klass = Floor if registry_name is None else method_class(registry_name)
     method = klass(cfg.method, cfg.task, threshold_cfg, cfg.model)
+    if label in PLAIN:
+        method.fast = False
     model = method.prepare(model).to(device)
     runner = Runner(label, index, cfg, method, model, device, trainable_start=count_trainable(model))
     data = synthetic_dataset(bc, int(cfg.model.vocab_size), int(cfg.task.num_labels))

@@ -58,6 +58,15 @@ def select_modules(scores: list[float], k: int, strict: bool) -> tuple[list[int]
     return [i for i, s in enumerate(scores) if s >= threshold], threshold
 
 
+def grow_together(layers: list[TriAdaptLinear], size: int) -> list[nn.Parameter]:
+    """Grow each layer by ``size`` ranks as one event (Eq. 6-9): in their shared store if they
+    have one, else block by block; same random draws in the same order either way."""
+    store = layers[0].store if layers else None
+    if store is not None:
+        return store.grow(layers, size)
+    return [param for layer in layers for param in layer.grow(size)]
+
+
 @dataclass
 class RankAllocator:
     """Budgeted rank growth over ``layers`` (name -> TriAdaptLinear, in model order)."""
@@ -117,9 +126,7 @@ class RankAllocator:
             self.exhausted = True
             return None, []
         chosen, threshold = select_modules(scores, k, self.strict_budget)
-        new_params: list[nn.Parameter] = []
-        for i in chosen:
-            new_params.extend(self.layers[self.names[i]].grow(self.delta_r))
+        new_params = grow_together([self.layers[self.names[i]] for i in chosen], self.delta_r)
         before = self.remaining
         self.remaining -= self.delta_r * len(chosen)
         event = {

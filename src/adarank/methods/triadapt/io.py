@@ -2,8 +2,9 @@
 
 A saved adapter is a folder with ``adapter_config.json`` (per-module block sizes, hence the rank
 pattern, plus α, dropout and init std) and ``adapter.pt`` (every trainable tensor: the TriAdapt
-factors and the fully trained heads). Loading rebuilds the same blocks in a fresh backbone and
-restores the tensors, so predictions are identical.
+blocks under the standalone names ``<module>.tri_A.<b>`` ... whatever the storage used in
+training, and the fully trained heads). Loading rebuilds the same blocks, standalone, in a fresh
+backbone and restores the tensors, so predictions are identical.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 
 from adarank.methods.triadapt.layer import TriAdaptLinear
+from adarank.methods.triadapt.store import ATTRIBUTE as STORE_ATTRIBUTE
+from adarank.methods.triadapt.store import BlockStore
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.pt"
@@ -27,17 +30,26 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def inject(
-    model: nn.Module, names: list[str], alpha: float, init_rank: int, dropout: float, init_std: float
+    model: nn.Module, names: list[str], alpha: float, init_rank: int, dropout: float, init_std: float,
+    shared: bool = False,
 ) -> dict[str, TriAdaptLinear]:
-    """Replace each named nn.Linear by a TriAdaptLinear wrapping it; return name -> layer."""
+    """Replace each named nn.Linear by a TriAdaptLinear wrapping it; return name -> layer.
+
+    ``shared``: the blocks live in a :class:`BlockStore` owned by the model (the initial blocks
+    of all modules are its first event); otherwise every layer owns its blocks."""
+    store = BlockStore() if shared else None
     layers = {}
     for name in names:
         base = model.get_submodule(name)
         if not isinstance(base, nn.Linear):
             raise TypeError(f"{name} is a {type(base).__name__}, not an nn.Linear")
-        layer = TriAdaptLinear(base, alpha, init_rank=init_rank, dropout=dropout, init_std=init_std)
+        layer = TriAdaptLinear(base, alpha, init_rank=init_rank, dropout=dropout, init_std=init_std, store=store)
         _set_submodule(model, name, layer)
         layers[name] = layer
+    if store is not None and layers:
+        # B starts at zero so that the adapted model equals the backbone at step 0 (§III-B, A13)
+        store.grow(list(layers.values()), init_rank, zero_b=True)
+        store.attach_to(model)
     return layers
 
 
@@ -60,7 +72,13 @@ def save_adapter(model: nn.Module, folder: str) -> None:
         "blocks": {name: list(layer.blocks) for name, layer in layers.items()},
         "rank_pattern": {name: layer.rank for name, layer in layers.items()},
     }
-    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state = {
+        n: p.detach().cpu().clone()
+        for n, p in model.named_parameters()
+        if p.requires_grad and ".tri_" not in n and not n.startswith(STORE_ATTRIBUTE + ".")
+    }
+    for name, layer in layers.items():
+        state.update({f"{name}.{key}": t.detach().cpu().clone() for key, t in layer.block_state().items()})
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=1)
@@ -101,4 +119,7 @@ def merge(model: nn.Module) -> nn.Module:
     """Fold every TriAdapt update into its base weight (W0 + α/(r+ε)·B(L+U)A), in place."""
     for name, layer in triadapt_layers(model).items():
         _set_submodule(model, name, layer.merged_linear())
+    store = getattr(model, STORE_ATTRIBUTE, None)
+    if store is not None:
+        store.detach_from(model)
     return model

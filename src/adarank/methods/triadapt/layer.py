@@ -16,6 +16,16 @@ stay zero whatever the optimizer does. D = L + U is assembled by one ``index_add
 values into an r × r matrix (the diagonal receives L_jj + U_jj). A growth appends new parameters
 and never touches existing ones, so the optimizer state of existing parameters is kept as is.
 
+Two storages hold these blocks, with the same values and the same arithmetic:
+
+* standalone (``store=None``): each block's four tensors are ``nn.Parameter`` s of the layer
+  (``tri_A``, ``tri_B``, ``tri_L``, ``tri_U``), as described above. This is the straightforward
+  layout and the test oracle.
+* shared (``store=BlockStore``, what the method uses): one growth event's blocks of *all* grown
+  modules live in a few flat parameters of the store (:mod:`.store`), which hands each layer
+  views of its blocks. AdamW, clipping and ``zero_grad`` then see a handful of tensors per event
+  instead of four per block and module.
+
 Forward cost: one concatenation of A and of B per block count (not per rank), one r×r assembly,
 and x → xAᵀ → (·)Dᵀ → (·)Bᵀ; the d × n ΔW is never formed (only :meth:`delta_weight`, used for
 merging and as a test oracle, forms it).
@@ -23,9 +33,14 @@ merging and as a test oracle, forms it).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from adarank.methods.triadapt.store import BlockStore
 
 EPS = 1e-5  # ε of Eq. 5 (reading A14)
 #: default of ``TriAdaptLinear.fast``: the regulariser reuses the A and B the forward pass just
@@ -34,8 +49,38 @@ EPS = 1e-5  # ε of Eq. 5 (reading A14)
 FAST = True
 
 
+class Blocks(NamedTuple):
+    """A layer's block tensors in block order: A rows, B columns, packed L and packed U values."""
+
+    a: list[torch.Tensor]
+    b: list[torch.Tensor]
+    lower: list[torch.Tensor]
+    upper: list[torch.Tensor]
+
+
+def draw_block(size: int, old: int, in_features: int, out_features: int, std: float, zero_b: bool,
+               like: torch.Tensor) -> Blocks:
+    """Fresh values of one block of ``size`` ranks grown on top of rank ``old`` (Eq. 6-9):
+    A rows, B columns, packed L and U, each N(0, std²) (A12, A13), B = 0 if ``zero_b``.
+    The random draws happen in this order for every block, whatever the storage."""
+    kind = {"device": like.device, "dtype": like.dtype}
+    packed = size * old + size * (size + 1) // 2  # L_down + lower-triangular L_aug
+    a = torch.empty(size, in_features, **kind).normal_(0.0, std)
+    b = torch.zeros(out_features, size, **kind)
+    if not zero_b:
+        b.normal_(0.0, std)
+    lower = torch.empty(packed, **kind).normal_(0.0, std)
+    upper = torch.empty(packed, **kind).normal_(0.0, std)
+    return Blocks([a], [b], [lower], [upper])
+
+
 class TriAdaptLinear(nn.Module):
-    """An ``nn.Linear`` (kept frozen as ``base``) plus the growable update B(L+U)A."""
+    """An ``nn.Linear`` (kept frozen as ``base``) plus the growable update B(L+U)A.
+
+    With ``store=None`` the layer owns its blocks and starts with ``init_rank`` ranks; with a
+    :class:`~adarank.methods.triadapt.store.BlockStore` it starts at rank 0 and the store grows
+    it (the store draws the initial block of all its layers as one event).
+    """
 
     def __init__(
         self,
@@ -44,6 +89,7 @@ class TriAdaptLinear(nn.Module):
         init_rank: int = 1,
         dropout: float = 0.0,
         init_std: float = 0.02,
+        store: BlockStore | None = None,
     ):
         super().__init__()
         if init_rank < 1:
@@ -54,13 +100,9 @@ class TriAdaptLinear(nn.Module):
         self.lora_alpha = float(alpha)
         self.init_std = float(init_std)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.tri_A = nn.ParameterList()
-        self.tri_B = nn.ParameterList()
-        self.tri_L = nn.ParameterList()
-        self.tri_U = nn.ParameterList()
         self.blocks: list[int] = []  # ranks per block, in order
         self.rank = 0
-        # (row, col) of every packed L value, then of every packed U value, in parameter order
+        # (row, col) of every packed L value, then of every packed U value, in block order
         self._rows: list[int] = []
         self._cols: list[int] = []
         self._num_l = 0  # how many of them belong to L
@@ -68,8 +110,15 @@ class TriAdaptLinear(nn.Module):
         self.fast = FAST
         # (key, A, B) of the last training forward pass, reused by orthogonality() while valid
         self._factors: tuple | None = None
-        # B starts at zero so that the adapted model equals the backbone at step 0 (§III-B, A13)
-        self.grow(init_rank, zero_b=True)
+        self.__dict__["_store"] = store  # a reference, not a submodule: the model owns the store
+        self.store_slots: list[tuple] = []  # where the store keeps each block (store mode only)
+        if store is None:
+            self.tri_A = nn.ParameterList()
+            self.tri_B = nn.ParameterList()
+            self.tri_L = nn.ParameterList()
+            self.tri_U = nn.ParameterList()
+            # B starts at zero so that the adapted model equals the backbone at step 0 (§III-B, A13)
+            self.grow(init_rank, zero_b=True)
 
     # -- structure -------------------------------------------------------------------------
     @property
@@ -77,28 +126,35 @@ class TriAdaptLinear(nn.Module):
         """α / (r + ε) of Eq. 5 with r the module's current rank (A14)."""
         return self.lora_alpha / (self.rank + EPS)
 
+    @property
+    def store(self) -> BlockStore | None:
+        return self.__dict__["_store"]
+
     def grow(self, size: int, zero_b: bool = False) -> list[nn.Parameter]:
         """Append ``size`` ranks (Eq. 6-9); return the new parameters (to give to the optimizer).
 
         New entries of A, B, L, U are N(0, init_std²) (A12, A13); B of the initial block is 0.
+        In store mode this is a growth event of this module alone.
         """
+        if self.store is not None:
+            return self.store.grow([self], size, zero_b)
+        values = self.new_block(size, zero_b)
+        params = [nn.Parameter(t[0]) for t in values]
+        for plist, param in zip((self.tri_A, self.tri_B, self.tri_L, self.tri_U), params):
+            plist.append(param)
+        self.add_block(size)
+        return params
+
+    def new_block(self, size: int, zero_b: bool) -> Blocks:
         if size < 1:
             raise ValueError(f"a growth adds at least one rank, got {size}")
-        weight = self.base.weight
-        like = {"device": weight.device, "dtype": weight.dtype}
+        return draw_block(size, self.rank, self.in_features, self.out_features, self.init_std, zero_b,
+                          self.base.weight)
+
+    def add_block(self, size: int) -> None:
+        """Record a block of ``size`` new ranks (its tensors are already stored): rank, block
+        sizes and the D positions of its packed L and U values."""
         old, new = self.rank, self.rank + size
-        packed = size * old + size * (size + 1) // 2  # L_down + lower-triangular L_aug
-        a = nn.Parameter(torch.empty(size, self.in_features, **like).normal_(0.0, self.init_std))
-        b = torch.zeros(self.out_features, size, **like)
-        if not zero_b:
-            b.normal_(0.0, self.init_std)
-        b = nn.Parameter(b)
-        lower = nn.Parameter(torch.empty(packed, **like).normal_(0.0, self.init_std))
-        upper = nn.Parameter(torch.empty(packed, **like).normal_(0.0, self.init_std))
-        self.tri_A.append(a)
-        self.tri_B.append(b)
-        self.tri_L.append(lower)
-        self.tri_U.append(upper)
         # positions: L values first (all blocks), then U values (all blocks), matching _packed()
         l_pos = [(row, col) for row in range(old, new) for col in range(row + 1)]
         u_pos = [(row, col) for col in range(old, new) for row in range(col + 1)]
@@ -110,60 +166,85 @@ class TriAdaptLinear(nn.Module):
         self.blocks.append(size)
         self.rank = new
         self._factors = None
-        rows = torch.tensor(self._rows, dtype=torch.long, device=weight.device)
-        cols = torch.tensor(self._cols, dtype=torch.long, device=weight.device)
+        device = self.base.weight.device
+        rows = torch.tensor(self._rows, dtype=torch.long, device=device)
+        cols = torch.tensor(self._cols, dtype=torch.long, device=device)
         self._d_index = rows * new + cols  # flat index into the r × r matrix D
-        return [a, b, lower, upper]
+
+    def block_tensors(self) -> Blocks:
+        """This layer's block tensors: its own parameters, or views of the store's."""
+        if self.store is not None:
+            return self.store.blocks_of(self)
+        return Blocks(list(self.tri_A), list(self.tri_B), list(self.tri_L), list(self.tri_U))
+
+    def block_state(self) -> dict[str, torch.Tensor]:
+        """Block tensors under the standalone parameter names (``tri_A.0`` ...), whatever the
+        storage: the saved-adapter format."""
+        with torch.no_grad():
+            blocks = self.block_tensors()
+        return {
+            f"{prefix}.{i}": tensor
+            for prefix, tensors in zip(("tri_A", "tri_B", "tri_L", "tri_U"), blocks)
+            for i, tensor in enumerate(tensors)
+        }
 
     # -- factors -----------------------------------------------------------------------------
-    def factor_a(self) -> torch.Tensor:
+    @staticmethod
+    def _cat(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+        return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
+
+    def factor_a(self, blocks: Blocks | None = None) -> torch.Tensor:
         """A (r × n), Eq. 6."""
-        return self.tri_A[0] if len(self.tri_A) == 1 else torch.cat(list(self.tri_A), dim=0)
+        return self._cat((blocks or self.block_tensors()).a, 0)
 
-    def factor_b(self) -> torch.Tensor:
-        """B (d × r), Eq. 7."""
-        return self.tri_B[0] if len(self.tri_B) == 1 else torch.cat(list(self.tri_B), dim=1)
+    def factor_b(self, blocks: Blocks | None = None) -> torch.Tensor:
+        """B (d × r), Eq. 7. Contiguous, as the standalone parameter is: a store's one-block B is
+        a column range of a wider tensor, and matmul kernels may round differently on a strided
+        operand."""
+        return self._cat((blocks or self.block_tensors()).b, 1).contiguous()
 
-    def _packed(self) -> torch.Tensor:
-        return torch.cat(list(self.tri_L) + list(self.tri_U))
-
-    def factor_d(self, scale: float = 1.0) -> torch.Tensor:
+    def factor_d(self, scale: float = 1.0, blocks: Blocks | None = None) -> torch.Tensor:
         """scale · D with D = L + U (r × r, Eq. 4), assembled from the packed triangular values."""
+        blocks = blocks or self.block_tensors()
         r = self.rank
-        values = self._packed()
+        values = torch.cat(blocks.lower + blocks.upper)
         flat = values.new_zeros(r * r).index_add(0, self._d_index, values, alpha=scale)
         return flat.view(r, r)
 
     def lower(self) -> torch.Tensor:
         """L alone (r × r), lower-triangular (Eq. 8)."""
         r = self.rank
-        values = torch.cat(list(self.tri_L))
+        values = torch.cat(self.block_tensors().lower)
         return values.new_zeros(r * r).index_add(0, self._d_index[: self._num_l], values).view(r, r)
 
     def upper(self) -> torch.Tensor:
         """U alone (r × r), upper-triangular (Eq. 9)."""
         r = self.rank
-        values = torch.cat(list(self.tri_U))
+        values = torch.cat(self.block_tensors().upper)
         return values.new_zeros(r * r).index_add(0, self._d_index[self._num_l :], values).view(r, r)
 
     def delta_weight(self) -> torch.Tensor:
         """The scaled dense update α/(r+ε)·B(L+U)A (d × n): for merging and tests only."""
-        return self.scaling * (self.factor_b() @ self.factor_d() @ self.factor_a())
+        blocks = self.block_tensors()
+        return self.scaling * (self.factor_b(blocks) @ self.factor_d(blocks=blocks) @ self.factor_a(blocks))
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 5 as x ↦ W0x + ((x Aᵀ)(s·D)ᵀ)Bᵀ, s = α/(r+ε); ΔW is never formed."""
         out = self.base(x)
-        a, b = self.factor_a(), self.factor_b()
+        blocks = self.block_tensors()
+        a, b = self.factor_a(blocks), self.factor_b(blocks)
         if self.fast and torch.is_grad_enabled():
             self._factors = (self._factor_key(), a, b)
         hidden = F.linear(self.dropout(x), a)
-        hidden = F.linear(hidden, self.factor_d(self.scaling))  # scale the r×r, not the output
+        hidden = F.linear(hidden, self.factor_d(self.scaling, blocks))  # scale the r×r, not the output
         return out + F.linear(hidden, b)
 
     def _factor_key(self) -> tuple:
         """Changes whenever a block is added or any A / B block is modified in place (an
         optimizer step bumps the tensor version counter)."""
+        if self.store is not None:
+            return (len(self.blocks), *self.store.version_key())
         return (len(self.tri_A), *(p._version for p in self.tri_A), *(p._version for p in self.tri_B))
 
     def _factors_for_regulariser(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +253,8 @@ class TriAdaptLinear(nn.Module):
         cached, self._factors = self._factors, None
         if self.fast and cached is not None and torch.is_grad_enabled() and cached[0] == self._factor_key():
             return cached[1], cached[2]
-        return self.factor_a(), self.factor_b()
+        blocks = self.block_tensors()
+        return self.factor_a(blocks), self.factor_b(blocks)
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double(): drop the cached factors
         self._factors = None

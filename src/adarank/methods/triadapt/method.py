@@ -54,9 +54,10 @@ class TriAdaptLoRA(Method):
         self.layers: dict[str, TriAdaptLinear] = {}
         self.allocator: RankAllocator | None = None
         self.total_steps: int | None = None
-        #: fast paths (see tests/test_triadapt_fast.py): the regulariser reuses the forward's
-        #: factors, and AdamW updates this method's many small block tensors with its foreach
-        #: kernels (the same arithmetic as the per-tensor loop); False = the plain oracle
+        #: fast paths (see tests/test_triadapt_fast.py): each growth event's blocks live in a few
+        #: flat tensors (store.py), the regulariser reuses the forward's factors, and AdamW uses
+        #: its foreach kernels (the same arithmetic as the per-tensor loop); False = the
+        #: straightforward layout, kept as the oracle
         self.fast = True
 
     # -- configuration ---------------------------------------------------------------------
@@ -110,6 +111,7 @@ class TriAdaptLoRA(Method):
             init_rank=int(self.options["init_rank"]),
             dropout=float(self.task.get("lora_dropout") or 0.0),
             init_std=float(self.options["init_std"]),
+            shared=self.fast,
         )
         for layer in self.layers.values():
             layer.fast = self.fast
@@ -133,7 +135,7 @@ class TriAdaptLoRA(Method):
 
     def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
         groups = super().optimizer_groups(model, weight_decay)
-        if self.fast:  # every growth adds 4 tensors per grown module: loop over them in C++
+        if self.fast:  # AdamW loops over the tensors in C++ (the same arithmetic as its Python loop)
             for group in groups:
                 group["foreach"] = True
         return groups
