@@ -111,7 +111,9 @@ class TriAdaptLinear(nn.Module):
         # (key, A, B) of the last training forward pass, reused by orthogonality() while valid
         self._factors: tuple | None = None
         self.__dict__["_store"] = store  # a reference, not a submodule: the model owns the store
-        self.store_slots: list[tuple] = []  # where the store keeps each block (store mode only)
+        # store mode: where each block lives, (event, "A<n>", i, "B<d>", i, "LU", i_L, "LU", i_U),
+        # i.e. the event and, per tensor, its name and piece index in that event (store.py)
+        self.store_slots: list[tuple] = []
         if store is None:
             self.tri_A = nn.ParameterList()
             self.tri_B = nn.ParameterList()
