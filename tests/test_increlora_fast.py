@@ -11,16 +11,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from adarank.training.loop import optimization_step
 from adarank.methods.increlora import IncreLoRA
 from adarank.methods.increlora.layer import importance, importance_inplace
-from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 from tests.conftest import assert_same_training_state
+from tests.toys import train_toy
 
 METHOD_CFG = {"name": "increlora", "init_rank": 1, "score_norm": "sqrt_numel", "new_group_lr": "restart"}
 MODEL_CFG = OmegaConf.create({"target_regex": r"layers\.\d+", "head_modules": ["head"]})
-
-
 
 
 class Toy(nn.Module):
@@ -45,17 +42,7 @@ def train(fast: bool, steps: int = 300, score_norm: str = "sqrt_numel"):
     method.fast = fast
     model = method.prepare(Toy())
     assert all(layer.fast is fast for layer in method.layers.values())
-    method.set_total_steps(steps)
-    optimizer = build_optimizer(method.optimizer_groups(model, 0.01), 5e-3)
-    scheduler = GrowingLinearSchedule(optimizer, 10, steps)
-    data = torch.Generator().manual_seed(1)
-    losses = []
-    for step in range(steps):  # the training loop's own step
-        x = torch.randn(6, 5, 12, generator=data)
-        y = torch.randint(0, 3, (6,), generator=data)
-        loss = nn.functional.cross_entropy(model(x), y) + method.extra_loss(model)
-        optimization_step(method, model, optimizer, scheduler, loss, step, steps, 1.0)
-        losses.append(loss.item())
+    optimizer, losses = train_toy(method, model, steps, 12, max_grad_norm=1.0)
     assert all(bool(g.get("foreach")) is fast for g in optimizer.param_groups)
     return method, model, losses, optimizer
 

@@ -12,39 +12,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from adarank.training.loop import optimization_step
 from adarank.methods.triadapt import TriAdaptLoRA
 from adarank.methods.triadapt.store import ATTRIBUTE
-from adarank.training.optim import GrowingLinearSchedule, build_optimizer
+from tests.toys import ToyEncoder, train_toy
 
 H = 12
 MODEL = {"target_regex": r"encoder\.layer\.\d+\.(query|value)", "head_modules": ["classifier"]}
-
-
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.query = nn.Linear(H, H)
-        self.value = nn.Linear(H, H)
-        self.norm = nn.LayerNorm(H)
-
-    def forward(self, x):
-        return self.norm(x + torch.tanh(self.query(x)) * self.value(x))
-
-
-class Toy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.encoder = nn.Module()
-        self.encoder.layer = nn.ModuleList([Block() for _ in range(3)])
-        self.classifier = nn.Linear(H, 3)
-
-    def forward(self, x):
-        for block in self.encoder.layer:
-            x = block(x)
-        return self.classifier(x.mean(1))
 
 
 def train(fast: bool, mode: str, steps: int = 300, max_grad_norm: float = 1e9):
@@ -56,18 +29,8 @@ def train(fast: bool, mode: str, steps: int = 300, max_grad_norm: float = 1e9):
     method_cfg = OmegaConf.create({"name": "triadapt"})
     method = TriAdaptLoRA(method_cfg, task, OmegaConf.create({"name": mode}), OmegaConf.create(MODEL))
     method.fast = fast
-    model = method.prepare(Toy())
-    method.set_total_steps(steps)
-    optimizer = build_optimizer(method.optimizer_groups(model, 0.01), 5e-3)
-    scheduler = GrowingLinearSchedule(optimizer, 10, steps)
-    data = torch.Generator().manual_seed(1)
-    losses = []
-    for step in range(steps):  # the training loop's own step
-        x = torch.randn(6, 5, H, generator=data)
-        y = torch.randint(0, 3, (6,), generator=data)
-        loss = nn.functional.cross_entropy(model(x), y) + method.extra_loss(model)
-        optimization_step(method, model, optimizer, scheduler, loss, step, steps, max_grad_norm)
-        losses.append(loss.item())
+    model = method.prepare(ToyEncoder(H, num_labels=3))
+    optimizer, losses = train_toy(method, model, steps, H, max_grad_norm)
     return method, model, optimizer, losses
 
 

@@ -16,6 +16,7 @@ from adarank.methods.triadapt.allocator import (
     select_modules,
 )
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
+from tests.toys import ToyEncoder
 
 H = 8
 TASK = {
@@ -36,32 +37,6 @@ TASK = {
 MODEL = {"target_regex": r"encoder\.layer\.\d+\.(query|value)", "head_modules": ["classifier", "pooler"]}
 
 
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.query = nn.Linear(H, H)
-        self.value = nn.Linear(H, H)
-        self.norm = nn.LayerNorm(H)
-
-    def forward(self, x):
-        return self.norm(x + torch.tanh(self.query(x)) * self.value(x))
-
-
-class Toy(nn.Module):
-    """encoder.layer.{0,1,2}.{query,value}: 6 adapted modules, plus a classifier head."""
-
-    def __init__(self):
-        super().__init__()
-        self.encoder = nn.Module()
-        self.encoder.layer = nn.ModuleList([Block() for _ in range(3)])
-        self.classifier = nn.Linear(H, 2)
-
-    def forward(self, x, labels):
-        for block in self.encoder.layer:
-            x = block(x)
-        return nn.functional.cross_entropy(self.classifier(x), labels)
-
-
 def make_method(threshold="linear", task=None, **method_opts):
     cfg = OmegaConf.create({"name": "triadapt", **method_opts})
     return TriAdaptLoRA(
@@ -72,7 +47,7 @@ def make_method(threshold="linear", task=None, **method_opts):
 
 def prepared(threshold="linear", seed=0, **kw):
     torch.manual_seed(seed)
-    model = Toy()
+    model = ToyEncoder(H, num_labels=2)  # encoder.layer.{0,1,2}.{query,value}: 6 adapted modules
     method = make_method(threshold, **kw)
     method.prepare(model)
     return method, model
@@ -303,7 +278,7 @@ def test_orthogonal_regulariser_by_hand():
     off, _ = prepared(orth_reg=False)
     assert off.extra_loss(model) is None
     zero = make_method(task={"reg_orth_coef": 0})
-    zero.prepare(Toy())
+    zero.prepare(ToyEncoder(H, num_labels=2))
     assert zero.extra_loss(model) is None
 
 
