@@ -1,6 +1,5 @@
 """The real entrypoint: python train.py ... with Hydra overrides, single runs and multiruns."""
 
-import json
 import os
 import subprocess
 import sys

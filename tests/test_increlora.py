@@ -18,24 +18,10 @@ from adarank.methods.increlora.allocator import ema_update, growth_k, is_growth_
 from adarank.methods.increlora.layer import RESERVE_E, IncreLinear, gram_orth_penalty, importance
 from adarank.results import validate_run_folder
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
-
+from tests.toys import ToyStack
 
 
 METHOD_CFG = {"name": "increlora", "init_rank": 1, "score_norm": "sqrt_numel", "new_group_lr": "restart"}
-
-
-class Toy(nn.Module):
-    """M small linears in a row plus a head: names layers.0 .. layers.{M-1}, head."""
-
-    def __init__(self, modules: int = 4, width: int = 6):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(modules))
-        self.head = nn.Linear(width, 2)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = torch.tanh(layer(x))
-        return self.head(x)
 
 
 def task_cfg(**over):
@@ -53,7 +39,7 @@ MODEL_CFG = OmegaConf.create({"target_regex": r"layers\.\d+", "head_modules": ["
 def build(modules=4, total_steps=20, lr=1e-2, **task_over):
     torch.manual_seed(0)
     method = IncreLoRA(OmegaConf.create(METHOD_CFG), task_cfg(**task_over), None, MODEL_CFG)
-    model = method.prepare(Toy(modules))
+    model = method.prepare(ToyStack(modules, 6, 2))
     method.set_total_steps(total_steps)
     optimizer = build_optimizer(method.optimizer_groups(model, 0.01), lr)
     scheduler = GrowingLinearSchedule(optimizer, 2, total_steps)

@@ -9,27 +9,14 @@ import math
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 from adarank.methods.increlora import IncreLoRA
 from adarank.methods.increlora.layer import importance, importance_inplace
 from tests.conftest import assert_same_training_state
-from tests.toys import train_toy
+from tests.toys import ToyStack, train_toy
 
 METHOD_CFG = {"name": "increlora", "init_rank": 1, "score_norm": "sqrt_numel", "new_group_lr": "restart"}
 MODEL_CFG = OmegaConf.create({"target_regex": r"layers\.\d+", "head_modules": ["head"]})
-
-
-class Toy(nn.Module):
-    def __init__(self, modules: int = 4, width: int = 12):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(modules))
-        self.head = nn.Linear(width, 3)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = torch.tanh(layer(x))
-        return self.head(x.mean(1))
 
 
 def train(fast: bool, steps: int = 300, score_norm: str = "sqrt_numel"):
@@ -40,7 +27,7 @@ def train(fast: bool, steps: int = 300, score_norm: str = "sqrt_numel"):
     )
     method = IncreLoRA(OmegaConf.create({**METHOD_CFG, "score_norm": score_norm}), task, None, MODEL_CFG)
     method.fast = fast
-    model = method.prepare(Toy())
+    model = method.prepare(ToyStack(4, 12, 3))
     assert all(layer.fast is fast for layer in method.layers.values())
     optimizer, losses = train_toy(method, model, steps, 12, max_grad_norm=1.0)
     assert all(bool(g.get("foreach")) is fast for g in optimizer.param_groups)

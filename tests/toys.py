@@ -40,6 +40,21 @@ class ToyEncoder(nn.Module):
         return logits if labels is None else nn.functional.cross_entropy(logits, labels)
 
 
+class ToyStack(nn.Module):
+    """``modules`` adaptable linears in a row (``layers.0`` ...) with tanh, plus a ``head``;
+    input (batch, width) or (batch, tokens, width), pooled by the mean over tokens."""
+
+    def __init__(self, modules: int, width: int, num_labels: int):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(modules))
+        self.head = nn.Linear(width, num_labels)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return self.head(x.mean(1) if x.dim() == 3 else x)
+
+
 def train_toy(method, model, steps: int, width: int, max_grad_norm: float, classes: int = 3):
     """``steps`` optimizer steps of the harness's own step (``optimization_step``) on random
     batches of 6 × 5 tokens (seeded); returns the optimizer and the losses."""

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 import platform
 import statistics
