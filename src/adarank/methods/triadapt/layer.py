@@ -58,22 +58,6 @@ class Blocks(NamedTuple):
     upper: list[torch.Tensor]
 
 
-def draw_block(size: int, old: int, in_features: int, out_features: int, std: float, zero_b: bool,
-               like: torch.Tensor) -> Blocks:
-    """Fresh values of one block of ``size`` ranks grown on top of rank ``old`` (Eq. 6-9):
-    A rows, B columns, packed L and U, each N(0, std²) (A12, A13), B = 0 if ``zero_b``.
-    The random draws happen in this order for every block, whatever the storage."""
-    kind = {"device": like.device, "dtype": like.dtype}
-    packed = size * old + size * (size + 1) // 2  # L_down + lower-triangular L_aug
-    a = torch.empty(size, in_features, **kind).normal_(0.0, std)
-    b = torch.zeros(out_features, size, **kind)
-    if not zero_b:
-        b.normal_(0.0, std)
-    lower = torch.empty(packed, **kind).normal_(0.0, std)
-    upper = torch.empty(packed, **kind).normal_(0.0, std)
-    return Blocks([a], [b], [lower], [upper])
-
-
 class TriAdaptLinear(nn.Module):
     """An ``nn.Linear`` (kept frozen as ``base``) plus the growable update B(L+U)A.
 
@@ -140,24 +124,33 @@ class TriAdaptLinear(nn.Module):
         """
         if self.store is not None:
             return self.store.grow([self], size, zero_b)
-        values = self.new_block(size, zero_b)
-        params = [nn.Parameter(t[0]) for t in values]
+        params = [nn.Parameter(t) for t in self.new_block(size, zero_b)]
         for plist, param in zip((self.tri_A, self.tri_B, self.tri_L, self.tri_U), params):
             plist.append(param)
         self.add_block(size)
         return params
 
-    def new_block(self, size: int, zero_b: bool) -> Blocks:
+    def new_block(self, size: int, zero_b: bool) -> tuple[torch.Tensor, ...]:
+        """Fresh values of ``size`` new ranks on top of the current rank (Eq. 6-9): A rows,
+        B columns, packed L and U values, each N(0, init_std²) (A12, A13), B = 0 if ``zero_b``.
+        Both storages draw through here, so the random draws come in the same order."""
         if size < 1:
             raise ValueError(f"a growth adds at least one rank, got {size}")
-        return draw_block(size, self.rank, self.in_features, self.out_features, self.init_std, zero_b,
-                          self.base.weight)
+        kind = {"device": self.base.weight.device, "dtype": self.base.weight.dtype}
+        packed = size * self.rank + size * (size + 1) // 2  # L_down + lower-triangular L_aug
+        a = torch.empty(size, self.in_features, **kind).normal_(0.0, self.init_std)
+        b = torch.zeros(self.out_features, size, **kind)
+        if not zero_b:
+            b.normal_(0.0, self.init_std)
+        lower = torch.empty(packed, **kind).normal_(0.0, self.init_std)
+        upper = torch.empty(packed, **kind).normal_(0.0, self.init_std)
+        return a, b, lower, upper
 
     def add_block(self, size: int) -> None:
         """Record a block of ``size`` new ranks (its tensors are already stored): rank, block
         sizes and the D positions of its packed L and U values."""
         old, new = self.rank, self.rank + size
-        # positions: L values first (all blocks), then U values (all blocks), matching _packed()
+        # positions: L values first (all blocks), then U values (all blocks), as factor_d packs them
         l_pos = [(row, col) for row in range(old, new) for col in range(row + 1)]
         u_pos = [(row, col) for col in range(old, new) for row in range(col + 1)]
         self._rows = self._rows[: self._num_l] + [p[0] for p in l_pos] + self._rows[self._num_l :]

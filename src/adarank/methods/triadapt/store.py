@@ -51,11 +51,10 @@ class BlockStore(nn.Module):
         for layer in layers:
             if layer.store is not self:
                 raise ValueError("the layer belongs to another store")
-            block = layer.new_block(size, zero_b)
+            a, b, lower, upper = layer.new_block(size, zero_b)
             a_key, b_key = f"A{layer.in_features}", f"B{layer.out_features}"
             slot = [len(self.events)]
-            for key, tensor in ((a_key, block.a[0]), (b_key, block.b[0]), ("LU", block.lower[0]),
-                                ("LU", block.upper[0])):
+            for key, tensor in ((a_key, a), (b_key, b), ("LU", lower), ("LU", upper)):
                 slot += [key, len(pieces.setdefault(key, []))]
                 pieces[key].append(tensor)
             slots.append(tuple(slot))
