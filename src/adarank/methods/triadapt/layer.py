@@ -230,7 +230,9 @@ class TriAdaptLinear(nn.Module):
         blocks = self.block_tensors()
         a, b = self.factor_a(blocks), self.factor_b(blocks)
         if self.fast and torch.is_grad_enabled():
-            self._factors = (self._factor_key(), a, b)
+            # in store mode the key block_tensors() just checked, not a second check
+            key = self.store.splits_key if self.store is not None else self._factor_key()
+            self._factors = (key, a, b)
         hidden = F.linear(self.dropout(x), a)
         hidden = F.linear(hidden, self.factor_d(self.scaling, blocks))  # scale the r×r, not the output
         return out + F.linear(hidden, b)
@@ -238,8 +240,8 @@ class TriAdaptLinear(nn.Module):
     def _factor_key(self) -> tuple:
         """Changes whenever a block is added or any A / B block is modified in place (an
         optimizer step bumps the tensor version counter)."""
-        if self.store is not None:
-            return (len(self.blocks), *self.store.version_key())
+        if self.store is not None:  # a new block is a new event of the store
+            return self.store.version_key()
         return (len(self.tri_A), *(p._version for p in self.tri_A), *(p._version for p in self.tri_B))
 
     def _factors_for_regulariser(self) -> tuple[torch.Tensor, torch.Tensor]:
