@@ -32,19 +32,18 @@ SENSITIVITY = {
 SENSITIVITY_ARMS = ["triadapt_linear", "triadapt_nonlinear", "triadapt_fixed", "increlora"]
 
 
-def preferred_setup(runs: pd.DataFrame) -> str | None:
+def in_preferred_setup(runs: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:
+    """The preferred setup among ``runs`` and their rows in it (None and no rows when empty)."""
     setups = ordered_setups(runs)
-    return setups[0] if setups else None
+    setup = setups[0] if setups else None
+    return setup, runs[runs["setup"] == setup]
 
 
 def figure2(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
     """One PNG per task with rank patterns: a heatmap (layer x weight type) per method arm, from the
     lowest-seed run at the default hyperparameters of the preferred setup."""
     picked = runs[runs["arm"].isin(FIG2_ARMS) & axes_unchanged(runs)]
-    setup = preferred_setup(picked)
-    if setup is None:
-        return []
-    picked = picked[picked["setup"] == setup]
+    setup, picked = in_preferred_setup(picked)
     written = []
     for task in sorted(set(picked["task"])):
         panels = []
@@ -104,10 +103,7 @@ def sensitivity_figure(runs: pd.DataFrame, name: str, out_dir: Path) -> list[Pat
     at two or more values."""
     axis, xlabel = SENSITIVITY[name]
     points = sensitivity_points(runs, axis)
-    setup = preferred_setup(points)
-    if setup is None:
-        return []
-    points = points[points["setup"] == setup]
+    setup, points = in_preferred_setup(points)
     written = []
     for task in sorted(set(points["task"])):
         data = points[points["task"] == task]
