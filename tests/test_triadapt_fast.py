@@ -49,9 +49,8 @@ def by_block(method, model, tensors_of) -> dict[str, list[torch.Tensor]]:
         store = layer.store
         for b, (event, *where) in enumerate(layer.store_slots):
             for prefix, key, i in zip(("tri_A", "tri_B", "tri_L", "tri_U"), where[0::2], where[1::2]):
-                sizes, dim = store.split_sizes[event][key], 1 if key.startswith("B") else 0
                 tensors = tensors_of(getattr(store.events[event], key))
-                out[f"{name}.{prefix}.{b}"] = [t.split(sizes, dim)[i] if t.dim() else t for t in tensors]
+                out[f"{name}.{prefix}.{b}"] = [store.pieces(event, key, t)[i] if t.dim() else t for t in tensors]
     return out
 
 

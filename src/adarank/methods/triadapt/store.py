@@ -31,6 +31,11 @@ from adarank.methods.triadapt.layer import Blocks, TriAdaptLinear
 ATTRIBUTE = "triadapt_blocks"
 
 
+def split_dim(name: str) -> int:
+    """B tensors hold their modules' blocks side by side (columns), the others one after the other."""
+    return 1 if name.startswith("B") else 0
+
+
 class BlockStore(nn.Module):
     """Every growth event's blocks of every attached TriAdaptLinear, as flat parameters."""
 
@@ -61,7 +66,7 @@ class BlockStore(nn.Module):
         event = nn.Module()
         sizes = {}
         for key, tensors in pieces.items():
-            dim = 1 if key.startswith("B") else 0
+            dim = split_dim(key)
             event.register_parameter(key, nn.Parameter(torch.cat(tensors, dim=dim)))
             sizes[key] = [t.shape[dim] for t in tensors]
         self.events.append(event)
@@ -90,14 +95,16 @@ class BlockStore(nn.Module):
         key = self.version_key()
         if self._splits is None or key != self._splits_key:
             self._splits = [
-                {
-                    name: torch.split(param, sizes[name], dim=1 if name.startswith("B") else 0)
-                    for name, param in event.named_parameters(recurse=False)
-                }
-                for event, sizes in zip(self.events, self.split_sizes)
+                {name: self.pieces(index, name, param) for name, param in event.named_parameters(recurse=False)}
+                for index, event in enumerate(self.events)
             ]
             self._splits_key = key
         return self._splits
+
+    def pieces(self, event: int, name: str, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``tensor`` (event ``event``'s tensor ``name``, or anything of its shape: a gradient,
+        an AdamW moment) cut into the per-module pieces, in the order they were stored."""
+        return torch.split(tensor, self.split_sizes[event][name], dim=split_dim(name))
 
     def blocks_of(self, layer: TriAdaptLinear) -> Blocks:
         """The layer's blocks, in its block order, as views of the event tensors."""
