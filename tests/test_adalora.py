@@ -179,6 +179,7 @@ def test_end_to_end_run_writes_a_complete_results_folder(make_cfg):
             "task.adalora.init_warmup=1",
             "task.adalora.final_warmup=2",
             "task.adalora.mask_interval=1",
+            "task.adalora.warmup_steps=0",
             "train.max_steps=6",
         ]
     )

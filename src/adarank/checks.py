@@ -6,11 +6,14 @@ import os
 
 from adarank.methods import REGISTRY, method_class
 from adarank.models import SOURCES
+from adarank.schedule_scaling import SCHEDULES
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "squad_v2")
 THRESHOLDS = ("none", "fixed", "linear", "nonlinear")
 PROGRESS = ("auto", "bar", "log", "off")
 PRECISIONS = ("fp32", "bf16")
+#: appended to every "the schedule does not fit the run" message
+SCALED_HINT = "or let train.schedule=scaled rescale the task's schedule to the run"
 
 
 class ConfigError(ValueError):
@@ -26,6 +29,7 @@ def check_static(cfg) -> str | None:
     _one_of("model.source", cfg.model.source, SOURCES)
     _one_of("train.progress", cfg.train.progress, PROGRESS)
     _one_of("train.precision", cfg.train.precision, PRECISIONS)
+    _one_of("train.schedule", cfg.train.schedule, SCHEDULES)
     for key in ("max_steps", "epochs", "eval_interval", "max_train_samples", "max_eval_samples", "num_threads"):
         value = cfg.train.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -49,12 +53,22 @@ def check_schedule(cfg, threshold: str | None, total_steps: int, num_examples: i
     must fit into them."""
     if total_steps < 1:
         raise ConfigError(f"no optimizer steps: {num_examples} training examples, batch {cfg.task.batch_size}")
+    method = method_class(cfg.method.name)
     try:
-        method_class(cfg.method.name).check_config(
-            cfg.method, cfg.task, threshold or "none", cfg.model, total_steps
-        )
+        method.check_config(cfg.method, cfg.task, threshold or "none", cfg.model, total_steps)
     except ValueError as err:
-        raise ConfigError(f"method={cfg.method.name}: {err}") from err
+        message = str(err)
+        if cfg.train.schedule == "paper" and "task." in message:
+            message = f"{message}; {SCALED_HINT}"
+        raise ConfigError(f"method={cfg.method.name}: {message}") from err
+    warmup = method.warmup_for(cfg.task, total_steps)
+    if warmup >= total_steps:
+        key = "task.adalora.warmup_steps" if cfg.method.name == "adalora" else "task.warmup_steps"
+        raise ConfigError(
+            f"method={cfg.method.name}: the LR warm-up ({warmup} steps) fills the whole run of "
+            f"{total_steps} optimizer steps, so the learning rate never reaches task.lr; lower {key} "
+            f"or train for more steps, {SCALED_HINT}"
+        )
 
 
 def _check_local_data(task_cfg, data_dir: str) -> None:

@@ -13,7 +13,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from adarank import checks, results
+from adarank import checks, results, schedule_scaling
 from adarank.data import build_task_data
 from adarank.gpu_slots import claim_gpu
 from adarank.methods import method_class
@@ -45,6 +45,7 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
     task_data = build_task_data(cfg.task, cfg.data, cfg.train, tokenizer)
     epochs = cfg.train.epochs or cfg.task.epochs
     total_steps = plan_total_steps(len(task_data.train_dataset), cfg.task.batch_size, epochs, cfg.train.max_steps)
+    schedule = _resolve_schedule(cfg, total_steps, task_data.info)
     checks.check_schedule(cfg, threshold, total_steps, len(task_data.train_dataset))
 
     results.prepare_folder(folder)
@@ -55,6 +56,7 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
         exit_code = 1
         try:
             metrics = _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, pick_device(device_name))
+            metrics["schedule"] = schedule
             metrics["costs"]["wall_seconds"] = time.perf_counter() - wall_start
             tracker.log_summary(metrics)
             # metrics.json last: its presence marks the run complete
@@ -106,6 +108,20 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
         "config": OmegaConf.to_container(cfg, resolve=True),
         "provenance": results.provenance(device),
     }
+
+
+def _resolve_schedule(cfg, total_steps: int, data_info: dict) -> dict:
+    """``train.schedule``: the task's values as given, or rescaled to this run (written into
+    ``cfg.task`` so that config.yaml and metrics.json hold what the run used)."""
+    if cfg.train.schedule != "scaled":
+        return {"mode": "paper"}
+    try:
+        report = schedule_scaling.apply(cfg, cfg.method.name, total_steps, data_info["full_train_size"])
+    except schedule_scaling.ScheduleError as err:
+        raise checks.ConfigError(f"method={cfg.method.name}: {err}") from err
+    changed = ", ".join(f"{k.removeprefix('task.')} {v['paper']}->{v['scaled']}" for k, v in report["values"].items())
+    log.info("scaled schedule (x%.4f of the %d-step run): %s", report["factor"], report["paper_steps"], changed)
+    return report
 
 
 def _seed_everything(seed: int) -> None:

@@ -214,6 +214,7 @@ def load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
         raise GlueDataError(f"unknown GLUE task {task_cfg.name!r}; choose one of {sorted(TSV_LAYOUTS)}")
     raw = load_local(task_cfg, data_cfg.dir) if data_cfg.dir else load_hub(task_cfg, data_cfg.cache_dir)
     regression = task_cfg.num_labels == 1
+    full_train_size = len(raw["train"].labels)
     if train_cfg.max_train_samples:
         raw["train"] = Examples(raw["train"].texts[: train_cfg.max_train_samples], raw["train"].labels[: train_cfg.max_train_samples])
     eval_sets = {}
@@ -235,7 +236,11 @@ def load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
                 metrics[prefix + name] = value
         return metrics
 
-    info = {"train_examples": len(train), **{f"{s}_examples": len(d) for s, d in eval_sets.items()}}
+    info = {
+        "train_examples": len(train),
+        "full_train_size": full_train_size,  # before max_train_samples: sets train.schedule=scaled's T_paper
+        **{f"{s}_examples": len(d) for s, d in eval_sets.items()},
+    }
     majority = _majority_baseline(task_cfg, raw[task_cfg.eval_splits[0]].labels, regression)
     if majority is not None:
         info["majority_class_accuracy"] = majority

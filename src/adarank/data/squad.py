@@ -447,6 +447,9 @@ def load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
     info = {
         "train_examples": len(train_examples),
         "train_features": len(train_windows),
+        # training windows of the whole train split (estimated in proportion when capped by
+        # max_train_samples): sets train.schedule=scaled's T_paper
+        "full_train_size": round(len(train_windows) * len(raw["train"]) / max(1, len(train_examples))),
         "validation_examples": len(dev_examples),
         "validation_features": len(dev_windows),
         "train_no_answer_windows": sum(1 for s, c in zip(train_windows.start, train_windows.cls_index) if s == c),

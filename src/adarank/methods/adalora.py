@@ -91,10 +91,11 @@ class AdaLoRA(Method):
         self._last_pattern: dict[str, int] | None = None
 
     # -- learning-rate warm-up (Table V's AdaLoRA-only "Warm-up Steps/ratio" row) -------------
-    def lr_warmup_steps(self, total_steps: int) -> int:
+    @classmethod
+    def warmup_for(cls, task_cfg, total_steps: int) -> int:
         """AdaLoRA's own LR warm-up: task.adalora.warmup_steps, or ceil(warmup_ratio x T)
         (transformers' ``get_warmup_steps``, which the official scripts use)."""
-        ada = self.task.adalora
+        ada = task_cfg.adalora
         if ada.get("warmup_steps") is not None:
             return int(ada.warmup_steps)
         return math.ceil(float(ada.warmup_ratio) * int(total_steps))

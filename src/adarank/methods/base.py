@@ -85,9 +85,13 @@ class Method:
     def set_total_steps(self, total_steps: int) -> None:
         """Called once before training with the exact number of optimizer steps."""
 
-    def lr_warmup_steps(self, total_steps: int) -> int | None:
-        """The LR warm-up this method uses, or None for the task's ``warmup_steps``."""
-        return None
+    @classmethod
+    def warmup_for(cls, task_cfg, total_steps: int) -> int:
+        """The LR warm-up (optimizer steps) this method uses: the task's ``warmup_steps``."""
+        return int(task_cfg.warmup_steps)
+
+    def lr_warmup_steps(self, total_steps: int) -> int:
+        return self.warmup_for(self.task, total_steps)
 
     def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
         """Parameter groups for AdamW. Default: trainable params, no decay on biases and norms."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from adarank.methods.growth_clock import is_growth_time
+
 
 def ema_update(
     exp_avg_ipt: torch.Tensor, exp_avg_unc: torch.Tensor, score: torch.Tensor, beta1: float, beta2: float
@@ -26,7 +28,7 @@ def ema_update(
 
 
 def is_growth_step(step: int, init_warmup: int, interval: int) -> bool:
-    return step > init_warmup and step % interval == 0
+    return is_growth_time(step, init_warmup, interval)
 
 
 def growth_k(top_h: int, target_total_rank: int, total_rank: int) -> int:

@@ -29,6 +29,7 @@ from torch import nn
 
 from adarank.methods.base import Method, StepContext
 from adarank.methods.increlora.allocator import ema_update, growth_k, is_growth_step, select_modules
+from adarank.methods.growth_clock import first_growth_step
 from adarank.methods.increlora.layer import SCORE_NORMS, IncreLinear, gram_orth_penalty
 from adarank.models import adapted_module_names, freeze_all_but_heads
 from adarank.training.distributed import refuse_multiprocess
@@ -81,6 +82,14 @@ class IncreLoRA(Method):
         need(float(task_cfg.reg_orth_coef) >= 0, "task.reg_orth_coef must be >= 0")
         need(method_cfg.score_norm in SCORE_NORMS, f"score_norm must be one of {SCORE_NORMS}")
         need(method_cfg.new_group_lr in LR_POLICIES, f"new_group_lr must be one of {LR_POLICIES}")
+        t0, interval = int(task_cfg.init_warmup), int(task_cfg.incre_interval)
+        first = first_growth_step(t0, interval)
+        need(
+            first < total_steps,
+            f"no growth step fits: the run has {total_steps} optimizer steps but the first growth is "
+            f"at step {first} (task.init_warmup={t0}, task.incre_interval={interval}), so the rank "
+            "would never grow; lower task.init_warmup / task.incre_interval or train for more steps",
+        )
 
     def __init__(self, cfg, task_cfg, threshold_cfg, model_cfg):
         super().__init__(cfg, task_cfg, threshold_cfg, model_cfg)

@@ -15,6 +15,10 @@ import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
+from adarank.methods.growth_clock import first_growth_step, is_growth_time
+
+__all__ = ["first_growth_step", "initial_budget", "is_growth_step", "num_to_grow", "plan", "progress", "raw_k"]
+
 MODES = ("fixed", "linear", "nonlinear")
 ROUNDINGS = ("ceil", "floor")
 
@@ -27,7 +31,7 @@ def initial_budget(reference_rank: int, init_rank: int, num_modules: int) -> int
 def is_growth_step(t: int, t0: int, interval: int, remaining: int) -> bool:
     """Algorithm 1 line 4 made periodic (A1): grow at optimizer step t (0-based, before the
     update) when t > t0, t is a multiple of the interval and budget remains (R > 0)."""
-    return remaining > 0 and t > t0 and t % interval == 0
+    return remaining > 0 and is_growth_time(t, t0, interval)
 
 
 def progress(t: int, t0: int, total_steps: int) -> Fraction:
@@ -136,8 +140,3 @@ def plan(
             PlannedEvent(t, float(progress(t, t0, total_steps)), before, k, remaining, total)
         )
     return events
-
-
-def first_growth_step(t0: int, interval: int) -> int:
-    """The first optimizer step that can trigger a growth (A1)."""
-    return (t0 // interval + 1) * interval
