@@ -30,6 +30,8 @@ NON_SEMANTIC_KEYS = (
     "train.num_threads",
     "train.log_interval",
     "train.eval_batch_size",
+    "train.checkpoint_interval",
+    "results.keep_checkpoint",
 )
 # overrides that already name the folder (task/method label/seed) or are not semantic
 IDENTITY_OVERRIDES = ("task", "method", "threshold", "seed") + NON_SEMANTIC_KEYS

@@ -19,6 +19,7 @@ from adarank.gpu_slots import claim_gpu
 from adarank.methods import method_class
 from adarank.models import load_model, load_tokenizer
 from adarank.tracking import make_tracker
+from adarank.training import checkpoint
 from adarank.training.loop import pick_device, plan_total_steps, train
 
 log = logging.getLogger("adarank")
@@ -48,19 +49,25 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
     schedule = _resolve_schedule(cfg, total_steps, task_data.info)
     checks.check_schedule(cfg, threshold, total_steps, len(task_data.train_dataset))
 
-    results.prepare_folder(folder)
+    # an interrupted run of this config left a checkpoint: continue it (force=true starts afresh)
+    resume = None if cfg.force else checkpoint.read(folder)
+    if resume is None:
+        results.prepare_folder(folder)
+    checkpointer = checkpoint.Checkpointer(folder, cfg.train.checkpoint_interval, resume)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     # one GPU per job on a multi-GPU box, held until the run ends (see gpu_slots.py)
     with claim_gpu(cfg.train.device) as device_name:
         tracker = make_tracker(cfg, folder)
         exit_code = 1
         try:
-            metrics = _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, pick_device(device_name))
+            metrics = _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, pick_device(device_name), checkpointer)
             metrics["schedule"] = schedule
             metrics["costs"]["wall_seconds"] = time.perf_counter() - wall_start
             tracker.log_summary(metrics)
             # metrics.json last: its presence marks the run complete
             results.write_json_atomic(folder / results.METRICS_FILE, metrics)
+            if not cfg.results.keep_checkpoint:
+                checkpoint.remove(folder)
             exit_code = 0
         finally:
             tracker.finish(exit_code)
@@ -69,7 +76,7 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
     return metrics
 
 
-def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, device) -> dict:
+def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, device, checkpointer) -> dict:
     """Build model and method, train, write the per-run files; return the metrics.json content."""
     _seed_everything(int(cfg.seed))  # the head's initialisation depends on the seed
     model = load_model(cfg.model, task_data.head, task_data.num_labels, float(cfg.task.cls_dropout), cfg.data.cache_dir)
@@ -81,8 +88,9 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
         "%s / %s on %s: %d optimizer steps, results in %s",
         cfg.task.name, results.method_label(cfg.method.name, threshold), cfg.model.name, total_steps, folder,
     )
-    with open(folder / "train_log.jsonl", "w") as train_log:
-        outcome = train(model, method, task_data, cfg, total_steps, train_log, tracker, device)
+    # resuming: the loop truncates the log to the checkpoint's offset and appends
+    with open(folder / "train_log.jsonl", "a" if checkpointer.resume else "w") as train_log:
+        outcome = train(model, method, task_data, cfg, total_steps, train_log, tracker, device, checkpointer)
     results.write_json_atomic(folder / "rank_pattern.json", method.rank_pattern(model) or {})
     results.write_jsonl(folder / "growth_log.jsonl", method.growth_log)
     for event in method.growth_log:

@@ -191,6 +191,28 @@ class AdaLoRA(Method):
         )
         self._last_pattern = pattern
 
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Also peft's allocator state (sensitivity and its EMAs per entry) and the last mask."""
+        allocator = self.tuner.rankallocator
+        return {
+            **super().state_dict(),
+            "ipt": dict(allocator.ipt),
+            "exp_avg_ipt": dict(allocator.exp_avg_ipt),
+            "exp_avg_unc": dict(allocator.exp_avg_unc),
+            "rank_pattern": self.peft_config.rank_pattern,
+            "last_pattern": self._last_pattern,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        allocator = self.tuner.rankallocator
+        device = next(iter(self.svd_layers().values())).lora_A[ADAPTER].device
+        for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(allocator, key, {name: value.to(device) for name, value in state[key].items()})
+        self.peft_config.rank_pattern = state["rank_pattern"]
+        self._last_pattern = state["last_pattern"]
+
     # -- reporting -------------------------------------------------------------------------
     def rank_pattern(self, model: nn.Module | None) -> dict[str, int]:
         """Kept ranks per module: peft's boolean ``rank_pattern`` of the last mask (init_r before)."""

@@ -11,6 +11,12 @@ The training loop (``adarank.training.loop``) calls, in this order, for each opt
     optimizer.zero_grad()
 
 ``prepare`` runs once, after the model is built and before the optimizer exists.
+
+Checkpoints (``adarank.training.checkpoint``) use four more hooks: ``checkpoint_tensors`` (what
+of the model to save), ``state_dict`` / ``load_state_dict`` (the method's own state), and
+``restore_structure``, which a method whose structure changes during training (growth) uses to
+rebuild that structure, and add the optimizer groups growth added in the same order, before the
+saved tensors and optimizer state are loaded into it.
 """
 
 from __future__ import annotations
@@ -107,6 +113,26 @@ class Method:
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         pass
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def checkpoint_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The model tensors a checkpoint holds: trainable parameters and every buffer (the
+        frozen backbone is rebuilt from the model config and the seed)."""
+        tensors = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        tensors.update(model.named_buffers())
+        return tensors
+
+    def state_dict(self) -> dict:
+        """The method's own state (tensors, numbers, lists, dicts; no objects)."""
+        return {"growth_log": [dict(event) for event in self.growth_log], "allocation_seconds": float(self.allocation_seconds)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.growth_log = [dict(event) for event in state["growth_log"]]
+        self.allocation_seconds = float(state["allocation_seconds"])
+
+    def restore_structure(self, model: nn.Module, scheduler, state: dict) -> None:
+        """Re-create what training grew (with any values: they are overwritten next) and hand
+        the new parameters to ``scheduler.add_param_group`` in the original order."""
 
     def save_adapter(self, model: nn.Module, folder: str) -> None:
         """Write what this method trained: a peft adapter folder for peft-wrapped models,

@@ -16,6 +16,7 @@ import torch
 
 from adarank.methods.base import StepContext
 from adarank.models import count_trainable
+from adarank.training.checkpoint import Checkpointer, Interrupted, LoopState
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 
 log = logging.getLogger("adarank")
@@ -107,11 +108,14 @@ def optimization_step(method, model, optimizer, scheduler, loss, step: int, tota
     optimizer.zero_grad(set_to_none=True)
 
 
-def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, device) -> TrainResult:
+def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, device, checkpointer=None) -> TrainResult:
     """Train ``model`` for ``total_steps`` optimizer steps; return best/final dev metrics and costs.
 
     ``train_log`` is an open text file receiving one JSON line per log or evaluation event.
+    ``checkpointer`` (training/checkpoint.py): writes checkpoints, resumes from one, and turns
+    SIGINT into :class:`Interrupted` after a checkpoint of the last finished step.
     """
+    checkpointer = checkpointer or Checkpointer(".", 0)
     task, tcfg = cfg.task, cfg.train
     primary = task.primary_metric
     eval_interval = int(tcfg.eval_interval or task.eval_interval)
@@ -136,6 +140,16 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
     result = TrainResult()
     trainable_start = count_trainable(model)
     step_seconds: list[float] = []
+    resumed = checkpointer.restore(model, method, optimizer, scheduler)
+    step, skip, seconds_before = 0, 0, 0.0
+    if resumed is not None:
+        step, skip, seconds_before = resumed.step, resumed.batches_in_epoch, resumed.train_seconds
+        generator.set_state(resumed.epoch_generator_state)
+        result.best, result.evaluations = resumed.best, resumed.evaluations
+        step_seconds, trainable_start = list(resumed.step_seconds), resumed.trainable_start
+        train_log.truncate(resumed.train_log_offset)
+        train_log.seek(resumed.train_log_offset)
+        log.info("resuming from step %d of %d", step, total_steps)
     progress = Progress(tcfg.progress, total_steps, int(tcfg.log_interval))
 
     def write(record: dict) -> None:
@@ -156,39 +170,53 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
         progress.note(f"eval at step {step}: {primary} {metrics[primary]:.2f}{best}")
         return metrics
 
-    step = 0
     start = time.perf_counter()
     model.train()
-    while step < total_steps:
-        for batch in loader:
-            if step >= total_steps:
-                break
-            tick = time.perf_counter()
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
-                loss = model(**batch).loss
-                extra = method.extra_loss(model)
-                total_loss = loss if extra is None else loss + extra
-            optimization_step(method, model, optimizer, scheduler, total_loss, step, total_steps, float(tcfg.max_grad_norm))
-            step += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step_seconds.append(time.perf_counter() - tick)
+    with checkpointer:
+        while step < total_steps:
+            epoch_state = generator.get_state()
+            batches = 0
+            for batch in loader:
+                if step >= total_steps:
+                    break
+                batches += 1
+                if batches <= skip:  # drawn before the checkpoint this run resumed from
+                    continue
+                tick = time.perf_counter()
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast:
+                    loss = model(**batch).loss
+                    extra = method.extra_loss(model)
+                    total_loss = loss if extra is None else loss + extra
+                optimization_step(method, model, optimizer, scheduler, total_loss, step, total_steps, float(tcfg.max_grad_norm))
+                step += 1
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                step_seconds.append(time.perf_counter() - tick)
 
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss became {loss_value} at step {step}")
-            lr = optimizer.param_groups[0]["lr"]
-            progress.update(step, loss_value, lr)
-            if step % int(tcfg.log_interval) == 0 or step == 1:
-                record = {"step": step, "loss": loss_value, "lr": lr}
-                if extra is not None:
-                    record["extra_loss"] = float(extra.detach())
-                write(record)
-                tracker.log({"train/loss": loss_value, "train/lr": lr}, step)
-            if step % eval_interval == 0 and step < total_steps:
-                run_evaluation(step, final=False)
-    train_seconds = time.perf_counter() - start
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss became {loss_value} at step {step}")
+                lr = optimizer.param_groups[0]["lr"]
+                progress.update(step, loss_value, lr)
+                if step % int(tcfg.log_interval) == 0 or step == 1:
+                    record = {"step": step, "loss": loss_value, "lr": lr}
+                    if extra is not None:
+                        record["extra_loss"] = float(extra.detach())
+                    write(record)
+                    tracker.log({"train/loss": loss_value, "train/lr": lr}, step)
+                if step % eval_interval == 0 and step < total_steps:
+                    run_evaluation(step, final=False)
+                if checkpointer.due(step, total_steps) or checkpointer.interrupted:
+                    checkpointer.save(model, method, optimizer, scheduler, LoopState(
+                        step, epoch_state, batches, result.best, result.evaluations, train_log.tell(),
+                        step_seconds, seconds_before + time.perf_counter() - start, trainable_start,
+                    ))
+                if checkpointer.interrupted:
+                    progress.close()
+                    raise Interrupted(step)
+            skip = 0
+    train_seconds = seconds_before + time.perf_counter() - start
     progress.close()
     result.final = {**run_evaluation(step, final=True), "step": step}
     result.costs = {

@@ -100,7 +100,18 @@ class GrowingLinearSchedule:
         return [group["lr"] for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        return {"steps_done": self.steps_done, "groups": list(self._groups)}
+        return {"steps_done": self.steps_done, "groups": [list(g) for g in self._groups]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into a scheduler whose optimizer has the same groups."""
+        groups = [tuple(g) for g in state["groups"]]
+        if len(groups) != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"the saved schedule has {len(groups)} groups, the optimizer {len(self.optimizer.param_groups)}"
+            )
+        self.steps_done = int(state["steps_done"])
+        self._groups = [(float(peak), str(policy), int(added)) for peak, policy, added in groups]
+        self._apply()
 
     def _apply(self) -> None:
         for i, group in enumerate(self.optimizer.param_groups):

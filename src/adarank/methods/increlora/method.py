@@ -184,6 +184,55 @@ class IncreLoRA(Method):
                 self._grow(ctx)
         self._allocation_seconds += time.perf_counter() - start
 
+    # -- checkpoints -----------------------------------------------------------------------
+    def checkpoint_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Also the frozen reserve E blocks (1e-5, or 0 once the budget is met exactly)."""
+        tensors = super().checkpoint_tensors(model)
+        tensors.update((name, p) for name, p in model.named_parameters() if ".lora_E." in name)
+        return tensors
+
+    def state_dict(self) -> dict:
+        layers = list(self.layers.values())
+        return {
+            **super().state_dict(),
+            "total_rank": self.total_rank,
+            "budget_open": self.budget_open,
+            "reserve_added": self.reserve_added,
+            "reserve_zeroed": self.reserve_zeroed,
+            "exhausted_at": self.exhausted_at,
+            "exp_avg_ipt": self.exp_avg_ipt,
+            "exp_avg_unc": self.exp_avg_unc,
+            "scoring": [layer.scoring for layer in layers],
+            "scores": [layer.score for layer in layers],
+        }
+
+    def restore_structure(self, model: nn.Module, scheduler, state: dict) -> None:
+        """Replay the reserve of step 0 and every growth event of the log (same groups, same order)."""
+        if not state["reserve_added"]:
+            return
+        new = [p for layer in self.layers.values() for p in layer.add_reserve(self.delta_r)]
+        scheduler.add_param_group(new, weight_decay=self.weight_decay, policy=self.lr_policy, **self._group_options())
+        for event in state["growth_log"]:
+            new = []
+            for name in event["modules"]:
+                new += self.layers[name].activate_reserve()
+                new += self.layers[name].add_reserve(self.delta_r)
+            scheduler.add_param_group(new, weight_decay=self.weight_decay, policy=self.lr_policy, **self._group_options())
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        device = next(iter(self.layers.values())).lora_A[0].device
+        self.total_rank = int(state["total_rank"])
+        self.budget_open = bool(state["budget_open"])
+        self.reserve_added = bool(state["reserve_added"])
+        self.reserve_zeroed = bool(state["reserve_zeroed"])
+        self.exhausted_at = state["exhausted_at"]
+        self.exp_avg_ipt = None if state["exp_avg_ipt"] is None else state["exp_avg_ipt"].to(device)
+        self.exp_avg_unc = None if state["exp_avg_unc"] is None else state["exp_avg_unc"].to(device)
+        for layer, scoring, score in zip(self.layers.values(), state["scoring"], state["scores"]):
+            layer.scoring = bool(scoring)
+            layer.score = None if score is None else score.to(device)
+
     # -- allocator -------------------------------------------------------------------------
     def _update_scores(self) -> None:
         layers = list(self.layers.values())

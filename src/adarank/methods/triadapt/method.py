@@ -15,7 +15,7 @@ from torch import nn
 
 from adarank.methods.base import Method, StepContext
 from adarank.methods.triadapt import io
-from adarank.methods.triadapt.allocator import NORMS, RankAllocator
+from adarank.methods.triadapt.allocator import NORMS, RankAllocator, grow_together
 from adarank.training.distributed import refuse_multiprocess
 from adarank.methods.triadapt.layer import TriAdaptLinear
 from adarank.methods.triadapt.schedule import ROUNDINGS, first_growth_step
@@ -166,6 +166,34 @@ class TriAdaptLoRA(Method):
         self.allocation_seconds += time.perf_counter() - start
         if event is not None:
             self.growth_log.append(event)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        allocator = self.allocator
+        return {
+            **super().state_dict(),
+            "remaining": allocator.remaining,
+            "previous": list(allocator.previous),
+            "exhausted": allocator.exhausted,
+        }
+
+    def restore_structure(self, model: nn.Module, scheduler, state: dict) -> None:
+        """Replay every growth event of the log: the same modules grow in the same order, and
+        each event's parameters become one scheduler group, as in ``before_optimizer_step``."""
+        for event in state["growth_log"]:
+            params = grow_together([self.layers[name] for name in event["modules"]], int(self.task["incre_rank_num"]))
+            scheduler.add_param_group(
+                params,
+                weight_decay=float(self.task.get("weight_decay") or 0.0),
+                policy=self.options["new_group_lr"],
+                **({"foreach": True} if self.fast else {}),
+            )
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.allocator.remaining = int(state["remaining"])
+        self.allocator.previous = [float(v) for v in state["previous"]]
+        self.allocator.exhausted = bool(state["exhausted"])
 
     # -- reporting -------------------------------------------------------------------------
     def rank_pattern(self, model: nn.Module) -> dict[str, int]:

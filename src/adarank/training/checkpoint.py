@@ -1,0 +1,232 @@
+"""Checkpoints inside a run folder: write one every ``train.checkpoint_interval`` optimizer steps,
+resume from it bit-identically, stop cleanly on SIGINT.
+
+A checkpoint (``checkpoint.pt``, one file, replaced atomically) holds everything the loop needs to
+continue the same computation:
+
+* ``model``: the method's checkpoint tensors (trainable parameters, buffers, and whatever else the
+  method changes, e.g. IncreLoRA's frozen reserve E), by name;
+* ``method``: ``Method.state_dict()`` (growth log, allocation seconds, allocator state such as
+  score EMAs, Frobenius-norm references, budget left, AdaLoRA's masks). Growing methods rebuild
+  their grown structures from it (``Method.restore_structure``) *before* the tensors and the
+  optimizer state are loaded, adding the growth groups to the scheduler in the original order;
+* ``optimizer`` / ``scheduler``: AdamW's state of every group (growth-added ones included) and the
+  LR schedule (steps done, each group's peak LR, policy and start step);
+* ``rng``: python, numpy, torch (and CUDA) generator states at the checkpoint;
+* ``loop``: the step, the data loader generator's state at the start of the current epoch and the
+  number of batches already drawn in it, best evaluation, evaluation count, the train-log offset
+  (the log is truncated to it on resume), step timings and train seconds so far.
+
+Resumption replays in the same order as the uninterrupted run: model built and seeded, method
+prepared, optimizer and scheduler built, structures regrown, state loaded, RNG restored last
+(regrowth draws random numbers that the loaded values then overwrite).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("adarank")
+
+FILE = "checkpoint.pt"
+FORMAT_VERSION = 1
+#: test-only: "STEP:SIGNAL[,STEP:SIGNAL]" makes the process send itself SIGNAL (KILL, INT, USR2,
+#: ...) right after writing the checkpoint of optimizer step STEP (tests/test_checkpoint.py)
+TEST_SIGNAL_ENV = "ADARANK_TEST_SIGNAL_AFTER_CHECKPOINT"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT stopped training between two optimizer steps (a checkpoint of that step exists)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}; rerun the same command to resume")
+        self.step = step
+
+
+@dataclass
+class LoopState:
+    """The training loop's own position and bookkeeping (see the module docstring)."""
+
+    step: int = 0
+    epoch_generator_state: torch.Tensor | None = None
+    batches_in_epoch: int = 0
+    best: dict = field(default_factory=dict)
+    evaluations: int = 0
+    train_log_offset: int = 0
+    step_seconds: list = field(default_factory=list)
+    train_seconds: float = 0.0
+    trainable_start: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# -- RNG -----------------------------------------------------------------------------------
+def capture_rng() -> dict:
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {
+        "python": [version, list(state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(state: dict) -> None:
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- files ---------------------------------------------------------------------------------
+def path_in(folder: Path) -> Path:
+    return Path(folder) / FILE
+
+
+def write_atomic(path: Path, payload: dict) -> None:
+    """torch.save to a unique temporary name in the same folder, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read(folder: Path) -> dict | None:
+    """The checkpoint in ``folder`` (loaded on the CPU), or None when there is none."""
+    path = path_in(folder)
+    if not path.is_file():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != FORMAT_VERSION:
+        raise RuntimeError(f"{path} has checkpoint format {payload.get('format')}, expected {FORMAT_VERSION}")
+    return payload
+
+
+def remove(folder: Path) -> None:
+    path_in(folder).unlink(missing_ok=True)
+    for stale in Path(folder).glob(f".{FILE}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
+
+
+def send_test_signal(step: int) -> None:
+    """The test hook of :data:`TEST_SIGNAL_ENV` (a no-op unless the variable is set)."""
+    spec = os.environ.get(TEST_SIGNAL_ENV)
+    if not spec:
+        return
+    for item in spec.split(","):
+        at, _, name = item.partition(":")
+        if int(at) == step:
+            os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
+
+
+# -- model tensors -------------------------------------------------------------------------
+def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved tensors into the model's parameters and buffers of the same names."""
+    own = dict(model.named_parameters())
+    own.update(model.named_buffers())
+    missing = sorted(set(tensors) - set(own))
+    if missing:
+        raise RuntimeError(f"the checkpoint has tensors the rebuilt model lacks: {missing[:5]}")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if own[name].shape != value.shape:
+                raise RuntimeError(f"{name}: checkpoint shape {tuple(value.shape)} != model {tuple(own[name].shape)}")
+            own[name].copy_(value)
+
+
+class Checkpointer:
+    """The loop's handle on checkpoints of one run folder.
+
+    ``interval`` (optimizer steps, 0 = never); ``resume``: the checkpoint read from the folder,
+    or None for a fresh start. Also turns the first SIGINT into a clean stop at the end of the
+    current optimizer step (a second one interrupts at once).
+    """
+
+    def __init__(self, folder: Path, interval: int, resume: dict | None = None):
+        self.folder = Path(folder)
+        self.interval = int(interval or 0)
+        self.resume = resume
+        self.interrupted = False
+        self._previous_handler = None
+        self.save_seconds: list[float] = []
+
+    # -- what the loop calls -----------------------------------------------------------------
+    def due(self, step: int, total_steps: int) -> bool:
+        return self.interval > 0 and step % self.interval == 0 and step < total_steps
+
+    def save(self, model, method, optimizer, scheduler, loop: LoopState) -> None:
+        import time
+
+        start = time.perf_counter()
+        payload = {
+            "format": FORMAT_VERSION,
+            "method_name": method.name,
+            "total_steps": scheduler.total_steps,
+            "model": {k: v.detach() for k, v in method.checkpoint_tensors(model).items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "method": method.state_dict(),
+            "rng": capture_rng(),
+            "loop": loop.to_dict(),
+        }
+        write_atomic(path_in(self.folder), payload)
+        self.save_seconds.append(time.perf_counter() - start)
+        send_test_signal(loop.step)
+
+    def restore(self, model, method, optimizer, scheduler) -> LoopState | None:
+        """Bring a freshly built model/method/optimizer/scheduler to the checkpoint's state;
+        return the loop state (None when starting fresh). RNG states are restored last."""
+        payload = self.resume
+        if payload is None:
+            return None
+        if payload["method_name"] != method.name or payload["total_steps"] != scheduler.total_steps:
+            raise RuntimeError(
+                f"the checkpoint in {self.folder} is of method {payload['method_name']} with "
+                f"{payload['total_steps']} steps, this run is {method.name} with {scheduler.total_steps}"
+            )
+        method.restore_structure(model, scheduler, payload["method"])
+        load_tensors(model, payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        method.load_state_dict(payload["method"])
+        restore_rng(payload["rng"])
+        return LoopState(**payload["loop"])
+
+    # -- SIGINT ------------------------------------------------------------------------------
+    def __enter__(self) -> Checkpointer:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.interrupted = True
+        # a second Ctrl-C stops at once
+        signal.signal(signal.SIGINT, self._previous_handler or signal.default_int_handler)

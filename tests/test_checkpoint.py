@@ -1,0 +1,118 @@
+"""Checkpoints and exact resume (issue 11): a real subprocess running train.py is killed with
+SIGKILL (or SIGINT) right after it writes the checkpoint of a chosen step, the same command is run
+again, and the finished run must equal an uninterrupted one bit for bit: best, final, every
+evaluation (the whole train log), rank_pattern.json, growth_log.jsonl and the trained tensors.
+
+The processes that get killed are forked from the test process (``train.py``'s own ``main``,
+through ``runpy``), so they do not pay Python's and torch's import time again; one test runs
+``python train.py`` itself. The kill point is made deterministic by the test-only environment
+variable of adarank.training.checkpoint (the process signals itself after writing checkpoint N).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import runpy
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adarank import run as run_module
+from adarank.training import checkpoint
+from tests.conftest import REPO
+
+# 48 training rows, batch 8: 6 batches per epoch, so T = 14 crosses two epoch boundaries
+COMMON = [
+    "task.batch_size=8", "train.max_steps=14", "train.eval_interval=3", "train.max_eval_samples=8",
+    "train.log_interval=1", "train.checkpoint_interval=2", "train.num_threads=1", "results.save_adapter=true",
+    "task.warmup_steps=2", "task.lora_dropout=0.1",
+]
+GROWTH = ["task.init_warmup=1", "task.incre_interval=2", "task.reference_rank=3", "task.incre_rank_num=1", "task.top_h=6"]
+# (method overrides, kill during growth/masking, kill after it): IncreLoRA and TriAdapt-fixed
+# grow at steps 2, 4, 6, 8 (budget 36 reached); AdaLoRA masks at 4, 6, 8, the final mask at 10
+# (T - t_final) and re-applies it at every later step
+CASES = {
+    "full": (["method=full"], 4, 10),
+    "bitfit": (["method=bitfit"], 4, 10),
+    "hadapter": (["method=hadapter"], 4, 10),
+    "lora": (["method=lora"], 4, 10),
+    "adalora": (["method=adalora", "task.adalora.init_warmup=2", "task.adalora.final_warmup=4",
+                 "task.adalora.mask_interval=2", "task.adalora.warmup_steps=2"], 6, 12),
+    "increlora": (["method=increlora", *GROWTH], 4, 12),
+    "triadapt-fixed": (["method=triadapt", "threshold=fixed", *GROWTH], 4, 12),
+    # the dynamic thresholds spread growth over the whole run: the last event is at step 12
+    "triadapt-linear": (["method=triadapt", "threshold=linear", *GROWTH, "train.checkpoint_interval=1"], 4, 13),
+    "triadapt-nonlinear": (["method=triadapt", "threshold=nonlinear", *GROWTH, "train.checkpoint_interval=1"], 5, 13),
+}
+
+
+def _train_py(argv: list[str], env: dict) -> None:
+    """Child process: ``python train.py <argv>`` without re-importing the world."""
+    os.environ.update(env)
+    sys.argv = [str(REPO / "train.py"), *argv]
+    runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+
+
+def forked_train_py(argv: list[str], env: dict) -> int:
+    """Run train.py in a forked child; return its exit code (-9 when SIGKILLed)."""
+    child = multiprocessing.get_context("fork").Process(target=_train_py, args=(argv, env))
+    child.start()
+    child.join(timeout=300)
+    return child.exitcode
+
+
+def run_folder(root: Path) -> Path:
+    [folder] = {p.parent for p in root.rglob("train_log.jsonl")}
+    return folder
+
+
+def trained_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for path in sorted((folder / "adapter").rglob("*")):
+        if path.suffix in (".pt", ".bin"):
+            out.update({f"{path.name}:{k}": v for k, v in torch.load(path, weights_only=True).items()})
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            out.update({f"{path.name}:{k}": v for k, v in load_file(path).items()})
+    assert out, f"no tensors under {folder / 'adapter'}"
+    return out
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    ma, mb = (json.loads((f / "metrics.json").read_text()) for f in (a, b))
+    for key in ("best", "final", "evaluations", "rank"):
+        assert ma[key] == mb[key], key
+    for name in ("train_log.jsonl", "rank_pattern.json", "growth_log.jsonl"):
+        assert (a / name).read_text() == (b / name).read_text(), name
+    ta, tb = trained_tensors(a), trained_tensors(b)
+    assert ta.keys() == tb.keys()
+    for name in ta:
+        assert torch.equal(ta[name], tb[name]), name
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_killed_twice_and_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path, case):
+    method, during, after = CASES[case]
+    overrides = [*COMMON, *method]
+    cfg, final = make_cfg(overrides)
+    reference = run_module.run(cfg, final)
+    ref_folder = run_folder(Path(cfg.results.root))
+
+    argv = [*final, f"results.root={tmp_path / 'killed'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    kill = {checkpoint.TEST_SIGNAL_ENV: f"{during}:KILL,{after}:KILL"}
+    assert forked_train_py(argv, kill) == -signal.SIGKILL
+    folder = run_folder(tmp_path / "killed")
+    assert checkpoint.read(folder)["loop"]["step"] == during
+    assert forked_train_py(argv, kill) == -signal.SIGKILL  # resumed from `during`, killed at `after`
+    assert checkpoint.read(folder)["loop"]["step"] == after
+    assert forked_train_py(argv, kill) == 0
+    assert not checkpoint.path_in(folder).exists()
+    assert_same_run(ref_folder, folder)
+    assert reference["evaluations"] >= 5
