@@ -37,7 +37,7 @@ demo: setup
 
 # Tables I-IV, Figures 2-5 and the cost table from a results tree
 tables: setup
-	$(PY) scripts/make_tables.py --results $(RESULTS) --out results/tables
+	$(PY) scripts/make_tables.py --results $(RESULTS) --out results/tables $(if $(SETUP),--setup "$(SETUP)")
 
 # side-by-side speed/memory of every method (see docs/performance.md)
 bench: setup

@@ -10,6 +10,7 @@ import logging
 import sys
 
 from adarank.analysis import NoResultsError, write_report
+from adarank.analysis.report import UnknownSetupError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,11 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default="results/raw", help="results tree (searched for */metrics.json)")
     parser.add_argument("--out", default="results/tables", help="folder for the tables and figures/")
     parser.add_argument("--conf", default=None, help="Hydra conf/ folder the runs are compared to (default: the repo's)")
+    parser.add_argument("--setup", default=None,
+                        help="setup to show (a label from the summary, or 'all'; default: the paper setup, "
+                             "else the setup with most runs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        report = write_report(args.results, args.out, conf_dir=args.conf)
-    except NoResultsError as err:
+        report = write_report(args.results, args.out, conf_dir=args.conf, setup=args.setup)
+    except (NoResultsError, UnknownSetupError) as err:
         print(f"make tables: {err}", file=sys.stderr)
         return 2
     print(report.summary())

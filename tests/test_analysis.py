@@ -155,12 +155,56 @@ def test_other_setups_are_reported_apart(tmp_path):
     root = tmp_path / "raw"
     fake_run(root, "rte", "lora", 0, 80.0)
     fake_run(root, "rte", "lora", 0, 60.0, model="minilm", overrides={"train.max_steps": 300})
-    t1 = build_report(root).tables["table1"]
-    assert cell(t1, "lora", "rte")["mean"] == 80.0
     other = "model=minilm, train.max_steps=300"
+    report = build_report(root)
+    assert report.setups == ["paper setup"] and report.all_setups == ["paper setup", other]
+    left = report.left_out[report.left_out["table"] == "table1"]
+    assert len(left) == 1 and f"--setup '{other}'" in left["reason"].iloc[0]
+    assert f"--setup '{other}'" in report.summary()
+    t1 = build_report(root, setup="all").tables["table1"]
+    assert cell(t1, "lora", "rte")["mean"] == 80.0
     assert cell(t1, "lora", "rte", setup=other)["mean"] == 60.0
     text = to_markdown(t1, "table1")
     assert text.index("Paper setup") < text.index("not comparable")
+    assert cell(build_report(root, setup=other).tables["table1"], "lora", "rte", setup=other)["mean"] == 60.0
+    with pytest.raises(ValueError, match="the setups are"):
+        build_report(root, setup="model=nothing")
+
+
+def test_shrunk_growth_schedule_keeps_every_run(tmp_path):
+    """A mini-sweep with task.init_warmup=5 task.incre_interval=5 on every run (issue 15 §1): LoRA
+    ignores those keys, the growing arms take them as their setup's default; nothing is dropped."""
+    root = tmp_path / "raw"
+    shrunk = {"train.max_steps": 60, "task.init_warmup": 5, "task.incre_interval": 5}
+    for seed in range(2):
+        fake_run(root, "rte", "lora", seed, 70.0 + seed, model="minilm", overrides=shrunk)
+        fake_run(root, "rte", "triadapt", seed, 72.0, "linear", model="minilm", overrides=shrunk)
+        fake_run(root, "rte", "increlora", seed, 71.0, "fixed", model="minilm", overrides=shrunk)
+        fake_run(root, "rte", "adalora", seed, 69.0, model="minilm", overrides=shrunk)
+    report = build_report(root)
+    assert report.all_setups == ["model=minilm, train.max_steps=60, init_warmup=5, incre_interval=5"]
+    t1 = report.tables["table1"]
+    setup = report.setups[0]
+    for row, mean in (("lora", 70.5), ("triadapt_linear", 72.0), ("increlora", 71.0), ("adalora", 69.0)):
+        assert cell(t1, row, "rte", setup=setup)["mean"] == mean
+    assert report.left_out.empty and not report.costs.empty
+    assert "init_warmup=5" in to_markdown(t1, "table1")
+
+
+def test_scaled_schedule_runs_compare_on_paper_values(tmp_path):
+    """train.schedule=scaled changes task.init_warmup per run; metrics.json's schedule report gives
+    the paper value the run is compared on."""
+    import json
+
+    root = tmp_path / "raw"
+    folder = fake_run(root, "rte", "triadapt", 0, 75.0, "linear", model="minilm",
+                      overrides={"train.schedule": "scaled", "task.init_warmup": 3})
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["schedule"] = {"mode": "scaled", "values": {"task.init_warmup": {"paper": 100, "scaled": 3}}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    runs = load_runs(root)
+    assert runs["setup"].iloc[0] == "model=minilm, train.schedule=scaled"
+    assert not runs["init_warmup_changed"].iloc[0] and runs["init_warmup"].iloc[0] == 100
 
 
 def test_latex_is_escaped(known_tree):
@@ -262,3 +306,18 @@ def test_triadapt_threshold_none_counts_as_linear(tmp_path):
     fake_run(root, "rte", "triadapt", 0, 80.0, "linear")
     runs = load_runs(root)
     assert list(runs["arm"]) == ["triadapt_linear"]
+
+
+def test_left_out_runs_and_figure_notes_say_why(tmp_path):
+    root = tmp_path / "raw"
+    pattern = layered_pattern(2, lambda layer, weight: 4)
+    fake_run(root, "rte", "lora", 0, 80.0)
+    fake_run(root, "rte", "newmethod", 0, 81.0)  # an arm Table I has no row for
+    fake_run(root, "rte", "triadapt", 0, 82.0, "linear", model="minilm", total_rank=48, rank_pattern=pattern)
+    report = write_report(root, tmp_path / "tables")
+    reasons = set(report.left_out.loc[report.left_out["table"] == "table1", "reason"])
+    assert "no row for method arm newmethod" in reasons
+    assert any(r.startswith("setup 'model=minilm'") for r in reasons)
+    assert any("1 run(s) have rank patterns, 0 of them" in note for note in report.notes)
+    assert "left out" in (tmp_path / "tables" / "table1.md").read_text()
+    assert (tmp_path / "tables" / "left_out.csv").is_file()

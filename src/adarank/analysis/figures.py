@@ -63,6 +63,20 @@ def figure2(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
     return written
 
 
+def figure2_note(runs: pd.DataFrame, setups: list[str]) -> str:
+    """Why Figure 2 has no panel: no rank pattern at all, or none in the arms and setup it draws."""
+    with_pattern = [run for _, run in runs.iterrows() if load_rank_pattern(run["run_dir"])]
+    if not with_pattern:
+        return "Figure 2: no run has a rank pattern (rank_pattern.json) yet"
+    shown = [run for run in with_pattern if run["setup"] in setups]
+    usable = [run for run in shown if run["arm"] in FIG2_ARMS]
+    return (f"Figure 2: {len(with_pattern)} run(s) have rank patterns, {len(shown)} in the shown setup, "
+            f"{len(usable)} of the arms it draws ({', '.join(FIG2_ARMS)}) but none at the default "
+            "hyperparameters" if usable else
+            f"Figure 2: {len(with_pattern)} run(s) have rank patterns, {len(usable)} of them of the arms it "
+            f"draws ({', '.join(FIG2_ARMS)}) in the shown setup; another setup may have them (--setup)")
+
+
 def _draw_heatmaps(panels, task: str, setup: str, path: Path) -> None:
     vmax = max(np.nanmax(m) for _, _, m in panels)
     layers = max(m.shape[0] for _, _, m in panels)

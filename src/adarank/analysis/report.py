@@ -1,5 +1,10 @@
 """Everything `make tables` writes, from a results tree: Tables I-IV (Markdown, LaTeX, tidy CSV),
-the cost table, Figures 2-5 (PNG) and runs.csv (one line per run found)."""
+the cost table, Figures 2-5 (PNG), runs.csv (one line per run found) and left_out.csv (every
+finished run a table does not show, with the reason).
+
+Tables and figures show one setup (``setup=None``: the paper setup when the tree has it, else the
+setup with most runs), a named one, or ``"all"``; the summary names the other setups and how to
+select them."""
 
 from __future__ import annotations
 
@@ -14,6 +19,11 @@ from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.runs import load_runs
 
 TABLES = ("table1", "table2", "table3", "table4")
+LEFT_OUT_COLUMNS = ["table", "task", "arm", "seed", "setup", "reason", "run_dir"]
+
+
+class UnknownSetupError(ValueError):
+    """``--setup`` names no setup of the tree."""
 
 
 @dataclass
@@ -21,34 +31,71 @@ class Report:
     runs: pd.DataFrame
     tables: dict[str, pd.DataFrame]
     costs: pd.DataFrame
+    setups: list[str] = field(default_factory=list)  # the setups shown
+    all_setups: list[str] = field(default_factory=list)
+    left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LEFT_OUT_COLUMNS))
     figures: list[Path] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # why an expected figure was not drawn
 
     def summary(self) -> str:
-        lines = [f"{len(self.runs)} finished run(s), setups: {', '.join(sorted(set(self.runs['setup'])))}"]
+        lines = [f"{len(self.runs)} finished run(s) in {len(self.all_setups)} setup(s); shown: "
+                 + "; ".join(f"'{s}'" for s in self.setups)]
+        for other in self.all_setups:
+            if other not in self.setups:
+                count = int((self.runs["setup"] == other).sum())
+                lines.append(f"  not shown: '{other}' ({count} runs): --setup '{other}' (or --setup all)")
         for name, tidy in self.tables.items():
             cells = tidy[tidy["column"] != tables.AVG] if not tidy.empty else tidy
             filled = int((cells["n"] > 0).sum()) if not cells.empty else 0
-            lines.append(f"{name}: {filled}/{len(cells)} cells with runs")
+            left = self.left_out[self.left_out["table"] == name]
+            lines.append(f"{name}: {filled}/{len(cells)} cells with runs" + (f", {len(left)} run(s) left out" if len(left) else ""))
+            for reason, count in left["reason"].value_counts().items():
+                lines.append(f"  {count} left out: {reason}")
         lines.append(f"figures: {len(self.figures)}")
+        lines += [f"  {note}" for note in self.notes]
+        if not self.left_out.empty:
+            lines.append("every left-out run with its reason: left_out.csv")
         return "\n".join(lines)
 
 
-def build_report(results: str | Path, conf_dir: str | Path | None = None) -> Report:
-    """Aggregate without writing anything (the notebook uses this)."""
-    runs = load_runs(results, DefaultConfigs(conf_dir))
-    built = {name: tables.build_table(runs, name) for name in TABLES}
-    return Report(runs=runs, tables=built, costs=cost_table.build_costs(runs))
+def build_report(results: str | Path, conf_dir: str | Path | None = None, setup: str | None = None) -> Report:
+    """Aggregate without writing anything (the notebook uses this). ``setup``: None (the preferred
+    setup), a setup label as printed in the summary, or ``"all"``."""
+    dropped: list = []
+    runs = load_runs(results, DefaultConfigs(conf_dir), dropped=dropped)
+    all_setups = tables.ordered_setups(runs)
+    if setup is None:
+        shown = all_setups[:1]
+    elif setup == "all":
+        shown = all_setups
+    elif setup in all_setups:
+        shown = [setup]
+    else:
+        raise UnknownSetupError(f"no setup {setup!r} in {results}; the setups are: "
+                                + "; ".join(f"'{s}'" for s in all_setups) + " (or all)")
+    built = {name: tables.build_table(runs, name, shown) for name in TABLES}
+    left = [tables.left_out(runs, name, shown) for name in TABLES]
+    left.append(pd.DataFrame([{"table": "all", "task": None, "arm": None, "seed": None, "setup": None,
+                               "reason": reason, "run_dir": run_dir} for run_dir, reason in dropped],
+                             columns=LEFT_OUT_COLUMNS))
+    left = [frame for frame in left if not frame.empty]
+    shown_runs = runs[runs["setup"].isin(shown)]
+    return Report(runs=runs, tables=built, costs=cost_table.build_costs(shown_runs), setups=shown,
+                  all_setups=all_setups,
+                  left_out=pd.concat(left, ignore_index=True) if left else pd.DataFrame(columns=LEFT_OUT_COLUMNS))
 
 
-def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | None = None) -> Report:
+def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | None = None,
+                 setup: str | None = None) -> Report:
     out = Path(out)
     figure_dir = out / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    report = build_report(results, conf_dir)
+    report = build_report(results, conf_dir, setup)
     for name, tidy in report.tables.items():
+        left = report.left_out[report.left_out["table"] == name]
         report.files += [
-            _write(out / f"{name}.md", tables.to_markdown(tidy, name)),
+            _write(out / f"{name}.md", tables.to_markdown(tidy, name, left)),
             _write(out / f"{name}.tex", tables.to_latex(tidy, name)),
             _write_csv(out / f"{name}.csv", tidy),
         ]
@@ -57,10 +104,20 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
         _write(out / "costs.tex", cost_table.costs_latex(report.costs)),
         _write_csv(out / "costs.csv", report.costs),
         _write_csv(out / "runs.csv", report.runs.drop(columns=["best", "final", "identity"])),
+        _write_csv(out / "left_out.csv", report.left_out),
     ]
-    report.figures += figures.figure2(report.runs, figure_dir)
+    shown = report.runs[report.runs["setup"].isin(report.setups)]
+    drawn = figures.figure2(shown, figure_dir)
+    if not drawn:
+        report.notes.append(figures.figure2_note(report.runs, report.setups))
+    report.figures += drawn
+    sensitivity = []
     for name in figures.SENSITIVITY:
-        report.figures += figures.sensitivity_figure(report.runs, name, figure_dir)
+        sensitivity += figures.sensitivity_figure(shown, name, figure_dir)
+    if not sensitivity:
+        report.notes.append("Figures 3-5: no growing arm has runs at two or more values of init_warmup, "
+                            "incre_interval or reference_rank in the shown setup (conf/sweep/fig3-5.yaml)")
+    report.figures += sensitivity
     report.files += report.figures
     return report
 

@@ -10,7 +10,15 @@ Every run is classified by what the paper's tables and figures need:
   ``python train.py task=... method=... threshold=... model=...`` composes (a capped demo, a
   different sequence length...). Runs with the paper's setup have ``setup == "paper setup"``.
 
-Folders without a metrics.json (interrupted runs) are ignored.
+Runs are compared only on the keys that matter to their method (relevance.py): a LoRA run with
+``task.init_warmup=5`` is a plain LoRA run. A run with ``train.schedule=scaled`` is compared on the
+paper's values of the keys the scaling changed (its setup says ``train.schedule=scaled``). When no
+run of a setup has a swept hyperparameter at its default (every growing run of a mini-sweep with
+``task.init_warmup=5``), the setup's most common value counts as its default and the setup's label
+says so (``settle_axes``).
+
+Folders without a metrics.json (interrupted runs) are ignored; ``load_runs(..., dropped=list)``
+collects the finished runs it left out (older duplicates) with the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import pandas as pd
 
 from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.paper import load_paper
+from adarank.analysis.relevance import matters
 from adarank.results import NON_SEMANTIC_KEYS
 
 log = logging.getLogger(__name__)
@@ -63,8 +72,9 @@ def find_metrics(root: Path) -> list[Path]:
     return sorted(Path(root).rglob(METRICS_FILE))
 
 
-def load_runs(root: str | Path, defaults: DefaultConfigs | None = None) -> pd.DataFrame:
-    """One row per finished run under ``root``; raises NoResultsError when there is none."""
+def load_runs(root: str | Path, defaults: DefaultConfigs | None = None, dropped: list | None = None) -> pd.DataFrame:
+    """One row per finished run under ``root``; raises NoResultsError when there is none.
+    ``dropped`` (a list) receives ``(run_dir, reason)`` for every finished run not kept."""
     root = Path(root)
     paths = find_metrics(root) if root.is_dir() else []
     if not paths:
@@ -85,8 +95,8 @@ def load_runs(root: str | Path, defaults: DefaultConfigs | None = None) -> pd.Da
         rows.append(run_record(path.parent, metrics, defaults))
     if not rows:
         raise NoResultsError(f"no completed run under {root} (every {METRICS_FILE} was unreadable)")
-    frame = pd.DataFrame(rows)
-    return deduplicate(frame)
+    frame = settle_axes(pd.DataFrame(rows))
+    return deduplicate(frame, dropped)
 
 
 def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[str, Any]:
@@ -105,6 +115,12 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
     rank = metrics.get("rank") or {}
 
     flat = flatten(config)
+    schedule = metrics.get("schedule") or {}
+    if schedule.get("mode") == "scaled":  # compare on the paper's values the scaling started from
+        for key, change in (schedule.get("values") or {}).items():
+            if isinstance(change, dict) and "paper" in change:
+                flat[key] = change["paper"]
+    flat = {k: v for k, v in flat.items() if matters(k, method)}
     reference = defaults.reference(config)
     ref_flat = flatten(reference) if reference is not None else {}
     diffs = differences(flat, ref_flat) if reference is not None else None
@@ -140,6 +156,10 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
     ):
         record[key] = _number(costs.get(key))
     for key, column in AXES.items():
+        record[f"{column}_relevant"] = matters(key, method)
+        if not record[f"{column}_relevant"]:  # e.g. LoRA's init_warmup: not part of its experiment
+            record[column], record[f"{column}_changed"] = None, False
+            continue
         fallback = paper_axis_default(key, task, method)
         value = flat.get(key, ref_flat.get(key, fallback))
         record[column] = value
@@ -171,7 +191,33 @@ def setup_label(model: str, other: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
+def settle_axes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per setup and swept hyperparameter: when no run that uses it sits at the default, the most
+    common value among them becomes the setup's default (its runs count as unchanged) and the
+    setup's label gains ``axis=value`` (or ``axis=as run`` when the value differs per task)."""
+    frame = frame.copy()
+    for setup in list(dict.fromkeys(frame["setup"])):
+        in_setup = frame["setup"] == setup
+        extra = []
+        for column in AXES.values():
+            uses = in_setup & frame[f"{column}_relevant"].astype(bool)
+            if not uses.any() or (~frame.loc[uses, f"{column}_changed"].astype(bool)).any():
+                continue
+            values = []
+            for task in dict.fromkeys(frame.loc[uses, "task"]):
+                here = uses & (frame["task"] == task)
+                counts = frame.loc[here, column].map(_text).value_counts()
+                common = counts.index[0]
+                frame.loc[here & (frame[column].map(_text) == common), f"{column}_changed"] = False
+                values.append(common)
+            extra.append(f"{column}={values[0]}" if len(set(values)) == 1 else f"{column}=per-task values")
+        if extra:
+            label = (f"model={PAPER_MODEL}" if setup == PAPER_SETUP else setup) + ", " + ", ".join(extra)
+            frame.loc[in_setup, "setup"] = label
+    return frame
+
+
+def deduplicate(frame: pd.DataFrame, dropped: list | None = None) -> pd.DataFrame:
     """Keep the newest of runs with the same resolved config (e.g. Table II's orth_reg=true runs,
     which are Table I's nonlinear runs under another override spelling)."""
     frame = frame.sort_values("mtime")
@@ -182,6 +228,9 @@ def deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
     keys = [json.dumps([str(v) for v in row], default=str) for row in kept[cell].itertuples(index=False)]
     kept = kept.assign(_cell=keys)
     kept = kept.drop_duplicates(subset=["_cell"], keep="last").drop(columns="_cell")
+    if dropped is not None:
+        for run_dir in sorted(set(frame["run_dir"]) - set(kept["run_dir"])):
+            dropped.append((run_dir, "an older run of the same config and seed (the newest is kept)"))
     if len(kept) < len(frame):
         log.info("%d duplicate run(s) of the same config and seed ignored (the newest kept)", len(frame) - len(kept))
     return kept.sort_values(["task", "arm", "seed"], kind="stable").reset_index(drop=True)
@@ -214,6 +263,13 @@ def differences(run: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any
 
 def _ignored(key: str) -> bool:
     return key.split(".")[0] in IGNORED_TOP or key in IGNORED_KEYS
+
+
+def _text(value: Any) -> str:
+    """A value as a setup label shows it (5.0 -> "5": pandas turns int columns with gaps into floats)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _same(a: Any, b: Any) -> bool:

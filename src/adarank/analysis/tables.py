@@ -89,23 +89,59 @@ def table_rows(table: str) -> list[RowSpec]:
 # --- building the tidy frames -------------------------------------------------------------------
 
 
-def build_table(runs: pd.DataFrame, table: str) -> pd.DataFrame:
-    """Tidy cells of one table for every setup found in ``runs`` (paper setup first)."""
+def build_table(runs: pd.DataFrame, table: str, setups: list[str] | None = None) -> pd.DataFrame:
+    """Tidy cells of one table for each of ``setups`` (default: every setup in ``runs``, the paper
+    setup first, then by number of runs)."""
     frames = []
-    for setup in ordered_setups(runs):
+    for setup in ordered_setups(runs) if setups is None else setups:
         frames.append(_build_for_setup(runs[runs["setup"] == setup], table, setup))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def ordered_setups(runs: pd.DataFrame) -> list[str]:
-    setups = sorted(set(runs["setup"]))
-    return sorted(setups, key=lambda s: (s != PAPER_SETUP, s))
+    """Setups found in ``runs``: the paper setup first, then the one with most runs."""
+    counts = runs["setup"].value_counts()
+    return sorted(counts.index, key=lambda s: (s != PAPER_SETUP, -counts[s], s))
+
+
+def table_tasks(table: str) -> list[str]:
+    return [SQUAD_TASK] if table == "table4" else glue_tasks()
+
+
+def left_out(runs: pd.DataFrame, table: str, setups: list[str]) -> pd.DataFrame:
+    """The finished runs a table could hold (its tasks; for Tables II-III the Non-Linear arm) that
+    it does not show, each with the reason: another setup, no row for its method arm, or a swept
+    hyperparameter away from the setup's default."""
+    candidates = runs[runs["task"].isin(table_tasks(table))]
+    if table in ("table2", "table3"):
+        candidates = candidates[candidates["arm"] == "triadapt_nonlinear"]
+    used: set = set()
+    for setup in setups:
+        part = candidates[candidates["setup"] == setup]
+        for row in table_rows(table):
+            if row.select is not None:
+                used |= set(row.select(part).index)
+    arms = {row.key for row in table_rows(table)}
+    records = []
+    for index, run in candidates.iterrows():
+        if index in used:
+            continue
+        if run["setup"] not in setups:
+            reason = f"setup '{run['setup']}' (select it with --setup '{run['setup']}' or --setup all)"
+        elif table in ("table1", "table4") and run["arm"] not in arms:
+            reason = f"no row for method arm {run['arm']}"
+        else:
+            changed = [f"{c}={run[c]}" for c in AXES.values() if bool(run[f"{c}_changed"])]
+            reason = ("swept value " + ", ".join(changed) + " (a Table II/III or figure run)") if changed else "not selected"
+        records.append({"table": table, "task": run["task"], "arm": run["arm"], "seed": run["seed"],
+                        "setup": run["setup"], "reason": reason, "run_dir": run["run_dir"]})
+    return pd.DataFrame(records, columns=["table", "task", "arm", "seed", "setup", "reason", "run_dir"])
 
 
 def _build_for_setup(runs: pd.DataFrame, table: str, setup: str) -> pd.DataFrame:
     squad = table == "table4"
     columns = list(load_paper()["table4"]["columns"]) if squad else glue_tasks()
-    runs = runs[runs["task"] == SQUAD_TASK] if squad else runs[runs["task"].isin(columns)]
+    runs = runs[runs["task"].isin(table_tasks(table))]
     records = []
     cells: dict[tuple[str, str], dict] = {}
     rows = table_rows(table)
@@ -235,17 +271,29 @@ def setup_heading(setup: str) -> str:
     return f"Other setup ({setup}): not comparable with the paper's numbers"
 
 
-def to_markdown(tidy: pd.DataFrame, table: str) -> str:
+def to_markdown(tidy: pd.DataFrame, table: str, left: pd.DataFrame | None = None) -> str:
     title = load_paper()[table]["title"]
     parts = [f"# {title}", "", CELL_LEGEND, ""]
     if tidy.empty:
-        return "\n".join(parts + ["No runs for this table."]) + "\n"
-    for setup in dict.fromkeys(tidy["setup"]):
-        parts += [f"## {setup_heading(setup)}", "", wide(tidy, table, setup).to_markdown(index=False), ""]
-    parts += ["Row sources:", ""]
-    for key, row in load_paper()[table]["rows"].items():
-        parts.append(f"- {row['label']}: {row['source']}")
+        parts += ["No runs for this table.", ""]
+    else:
+        for setup in dict.fromkeys(tidy["setup"]):
+            parts += [f"## {setup_heading(setup)}", "", wide(tidy, table, setup).to_markdown(index=False), ""]
+        parts += ["Row sources:", ""]
+        for key, row in load_paper()[table]["rows"].items():
+            parts.append(f"- {row['label']}: {row['source']}")
+    if left is not None and not left.empty:
+        parts += ["", left_out_markdown(left)]
     return "\n".join(parts) + "\n"
+
+
+def left_out_markdown(left: pd.DataFrame) -> str:
+    """The runs a table leaves out, grouped by reason (task/arm/seed each)."""
+    lines = [f"## Finished runs left out of this table ({len(left)})", ""]
+    for reason, group in left.groupby("reason", sort=False):
+        runs = ", ".join(f"{t}/{a}/seed{s}" for t, a, s in group[["task", "arm", "seed"]].itertuples(index=False))
+        lines.append(f"- {reason}: {runs}")
+    return "\n".join(lines)
 
 
 def to_latex(tidy: pd.DataFrame, table: str) -> str:
