@@ -116,3 +116,113 @@ def test_killed_twice_and_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_
     assert not checkpoint.path_in(folder).exists()
     assert_same_run(ref_folder, folder)
     assert reference["evaluations"] >= 5
+
+
+def test_sigint_stops_after_the_step_with_a_checkpoint_and_the_rerun_finishes_identically(make_cfg, monkeypatch):
+    """A real SIGINT in the middle of training (here at step 5, between two periodic
+    checkpoints): the loop finishes the step, writes a checkpoint of it and raises Interrupted."""
+    from adarank.training import loop
+
+    cfg, final = make_cfg([*COMMON, *CASES["triadapt-linear"][0], "train.checkpoint_interval=4"])
+    run_module.run(cfg, final)
+    ref_folder = run_folder(Path(cfg.results.root))
+
+    cfg2, final2 = make_cfg([*final, f"results.root={Path(cfg.results.root).parent / 'interrupted'}"])
+    update = loop.Progress.update
+
+    def update_then_interrupt(self, step, loss, lr):
+        update(self, step, loss, lr)
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(loop.Progress, "update", update_then_interrupt)
+    with pytest.raises(checkpoint.Interrupted, match="interrupted at step 5; rerun the same command to resume"):
+        run_module.run(cfg2, final2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    monkeypatch.undo()
+    folder = run_folder(Path(cfg2.results.root))
+    assert checkpoint.read(folder)["loop"]["step"] == 5
+    run_module.run(cfg2, final2)
+    assert_same_run(ref_folder, folder)
+
+
+def test_train_py_exits_130_with_one_line_on_sigint_and_force_starts_afresh(make_cfg, tmp_path):
+    cfg, final = make_cfg([*COMMON, "method=lora", "train.checkpoint_interval=3"])
+    argv = [sys.executable, str(REPO / "train.py"), *final, f"hydra.run.dir={tmp_path / 'hydra'}"]
+    env = {**os.environ, checkpoint.TEST_SIGNAL_ENV: "3:INT", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "interrupted at step" in line]
+    assert lines == ["interrupted at step 3; rerun the same command to resume"]
+    folder = run_folder(Path(cfg.results.root))
+    assert checkpoint.read(folder)["loop"]["step"] == 3
+
+    cfg_force, final_force = make_cfg([*final, "force=true"])
+    metrics = run_module.run(cfg_force, final_force)  # starts again from step 0: a fresh log
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 15))
+    assert metrics["costs"]["optimizer_steps"] == 14
+    assert not checkpoint.path_in(folder).exists()
+
+
+def test_a_preemption_signal_is_deferred_to_a_checkpoint_then_handed_to_submitit(make_cfg, tmp_path):
+    """Under submitit, SLURM's timeout/preemption signal (USR2) runs submitit's handler, which
+    requeues the job and exits. The loop defers it to the end of the optimizer step, writes a
+    checkpoint, then calls it; the requeued job (the same command) resumes and ends identically."""
+    cfg, final = make_cfg([*COMMON, *CASES["increlora"][0], "train.checkpoint_interval=4"])
+    run_module.run(cfg, final)
+    ref_folder = run_folder(Path(cfg.results.root))
+
+    calls = []
+
+    def submitit_handler(signum, frame):  # stands for submitit's checkpoint_and_try_requeue
+        calls.append((signum, checkpoint.read(run_folder(tmp_path / "preempted"))["loop"]["step"]))
+        raise SystemExit(-1)
+
+    cfg2, final2 = make_cfg([*final, f"results.root={tmp_path / 'preempted'}"])
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    os.environ[checkpoint.TEST_SIGNAL_ENV] = "4:USR2"
+    try:
+        with pytest.raises(SystemExit):
+            run_module.run(cfg2, final2)
+    finally:
+        del os.environ[checkpoint.TEST_SIGNAL_ENV]
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # restored on the way out
+        signal.signal(signal.SIGUSR2, previous)
+    assert calls == [(signal.SIGUSR2, 4)]
+    run_module.run(cfg2, final2)
+    assert_same_run(ref_folder, run_folder(tmp_path / "preempted"))
+
+
+def test_the_slurm_launcher_requeues_timed_out_jobs_with_the_same_task():
+    """conf/hydra/launcher/slurm.yaml allows requeues, and the plugin's checkpoint() (which
+    submitit calls on the timeout signal) resubmits the same launcher call with the same arguments."""
+    submitit = pytest.importorskip("submitit")
+    launcher_module = pytest.importorskip("hydra_plugins.hydra_submitit_launcher.submitit_launcher")
+    from omegaconf import OmegaConf
+
+    slurm = OmegaConf.load(REPO / "conf" / "hydra" / "launcher" / "slurm.yaml")
+    assert slurm.max_num_timeout > 0 and slurm.signal_delay_s >= 60
+    launcher = launcher_module.SlurmLauncher(max_num_timeout=slurm.max_num_timeout)
+    args = (["task=rte", "method=lora"], "hydra.sweep.dir", 0, "job_id_for_0", {})
+    delayed = launcher.checkpoint(*args)
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    assert delayed.function is launcher and delayed.args == args
+
+
+@pytest.mark.slow
+def test_submitit_local_requeue_resumes_from_the_checkpoint(make_cfg, tmp_path):
+    """The whole path with submitit's local executor (three interpreters, about 40 s of CPU):
+    the job signals itself USR2 after checkpoint 4, submitit requeues it, the rerun resumes."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg, final = make_cfg([*COMMON, "method=lora", "train.max_steps=8"])
+    argv = [sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=submitit_local",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}", *final]
+    env = {**os.environ, checkpoint.TEST_SIGNAL_ENV: "4:USR2", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*_log.*"))
+    assert "Requeued job" in logs and "resuming from step 4 of 8" in logs
+    folder = run_folder(Path(cfg.results.root))
+    assert json.loads((folder / "metrics.json").read_text())["costs"]["optimizer_steps"] == 8
+    assert not checkpoint.path_in(folder).exists()

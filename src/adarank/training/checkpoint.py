@@ -43,6 +43,8 @@ FORMAT_VERSION = 1
 #: test-only: "STEP:SIGNAL[,STEP:SIGNAL]" makes the process send itself SIGNAL (KILL, INT, USR2,
 #: ...) right after writing the checkpoint of optimizer step STEP (tests/test_checkpoint.py)
 TEST_SIGNAL_ENV = "ADARANK_TEST_SIGNAL_AFTER_CHECKPOINT"
+#: submitit's variable naming its timeout/preemption signal (USR2 when unset)
+PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -162,7 +164,8 @@ class Checkpointer:
 
     ``interval`` (optimizer steps, 0 = never); ``resume``: the checkpoint read from the folder,
     or None for a fresh start. Also turns the first SIGINT into a clean stop at the end of the
-    current optimizer step (a second one interrupts at once).
+    current optimizer step (a second one interrupts at once), and defers submitit's
+    timeout/preemption handler (requeue and exit) to the end of the step, after a checkpoint.
     """
 
     def __init__(self, folder: Path, interval: int, resume: dict | None = None):
@@ -171,6 +174,8 @@ class Checkpointer:
         self.resume = resume
         self.interrupted = False
         self._previous_handler = None
+        self._preempt_handler: tuple | None = None  # (signal, submitit's handler)
+        self._preempted: tuple | None = None
         self.save_seconds: list[float] = []
 
     # -- what the loop calls -----------------------------------------------------------------
@@ -215,18 +220,47 @@ class Checkpointer:
         restore_rng(payload["rng"])
         return LoopState(**payload["loop"])
 
-    # -- SIGINT ------------------------------------------------------------------------------
+    # -- SIGINT and preemption ------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        """A signal asked the loop to stop after the current optimizer step."""
+        return self.interrupted or self._preempted is not None
+
+    def stop(self, step: int) -> None:
+        """Called by the loop after writing the checkpoint of ``step`` when :attr:`stopping`."""
+        if self._preempted is not None:  # submitit's handler: requeue this job, then exit
+            signum, handler = self._preempted
+            self._preempted = None
+            log.info("preempted at step %d: checkpoint written, requeueing", step)
+            handler(signum, None)
+        raise Interrupted(step)
+
     def __enter__(self) -> Checkpointer:
-        if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        # under submitit (hydra/launcher=slurm) the timeout/preemption signal requeues the job
+        # and exits at once; defer it to the end of the optimizer step and write a checkpoint first
+        preempt = getattr(signal, "SIG" + os.environ.get(PREEMPT_SIGNAL_ENV, "USR2"), None)
+        handler = signal.getsignal(preempt) if preempt is not None else None
+        if callable(handler):
+            self._preempt_handler = (preempt, handler)
+            signal.signal(preempt, self._on_preempt)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
+        if self._preempt_handler is not None:
+            signal.signal(*self._preempt_handler)
+            self._preempt_handler = None
 
     def _on_sigint(self, signum, frame) -> None:
         self.interrupted = True
         # a second Ctrl-C stops at once
         signal.signal(signal.SIGINT, self._previous_handler or signal.default_int_handler)
+
+    def _on_preempt(self, signum, frame) -> None:
+        self._preempted = self._preempt_handler
+        signal.signal(*self._preempt_handler)  # a second signal acts at once

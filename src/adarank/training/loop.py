@@ -16,7 +16,7 @@ import torch
 
 from adarank.methods.base import StepContext
 from adarank.models import count_trainable
-from adarank.training.checkpoint import Checkpointer, Interrupted, LoopState
+from adarank.training.checkpoint import Checkpointer, LoopState
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 
 log = logging.getLogger("adarank")
@@ -207,14 +207,14 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
                     tracker.log({"train/loss": loss_value, "train/lr": lr}, step)
                 if step % eval_interval == 0 and step < total_steps:
                     run_evaluation(step, final=False)
-                if checkpointer.due(step, total_steps) or checkpointer.interrupted:
+                if checkpointer.due(step, total_steps) or checkpointer.stopping:
                     checkpointer.save(model, method, optimizer, scheduler, LoopState(
                         step, epoch_state, batches, result.best, result.evaluations, train_log.tell(),
                         step_seconds, seconds_before + time.perf_counter() - start, trainable_start,
                     ))
-                if checkpointer.interrupted:
+                if checkpointer.stopping:  # SIGINT or a SLURM timeout/preemption signal
                     progress.close()
-                    raise Interrupted(step)
+                    checkpointer.stop(step)
             skip = 0
     train_seconds = seconds_before + time.perf_counter() - start
     progress.close()
