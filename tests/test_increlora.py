@@ -199,10 +199,13 @@ def test_reserve_ranks_are_created_at_the_first_step_and_activated_by_growth():
     expected = {id(e) for e in reserve_e} | {id(p) for p in new_reserve}
     assert expected <= {id(p) for p in growth_group["params"]}
     assert not {id(p) for p in reserve_ab} & {id(p) for p in growth_group["params"]}  # already there
-    # restart warm-up: added at step 4, one scheduler step later it is half-way up its own 2-step
-    # warm-up, while the initial groups are decaying (factor (20 - 5) / (20 - 2))
-    assert growth_group["lr"] == pytest.approx(0.01 * 1 / 2)
+    # restart warm-up (Multi_LambdaLR): added at step 4, its own 2-step warm-up starts at step 5
+    # from 0 and is half-way at step 6, while the initial groups decay (factor (20 - t) / (20 - 2))
+    assert growth_group["lr"] == 0.0
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 15 / 18)
+    scheduler.step()
+    assert growth_group["lr"] == pytest.approx(0.01 * 1 / 2)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 14 / 18)
 
 
 def test_scoring_stops_at_budget_exhaustion_and_no_hook_runs_afterwards():

@@ -28,18 +28,44 @@ def test_global_schedule_is_linear_warmup_then_decay():
     assert seen == pytest.approx([0, 0.5, 1, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8, 0])
 
 
-def test_restart_group_gets_its_own_warmup_and_decays_to_zero_at_the_end():
-    optimizer, scheduler = make()
+def test_restart_group_matches_multi_lambdalr_by_hand():
+    # IncreLoRA's Multi_LambdaLR, T = 12, W = 3, a group added by the growth of step 4 (before that
+    # step's optimizer.step): the scheduler step after it sees the group first, with horizon
+    # 12 - 5 = 7 and a counter starting at -1, so its factor at steps 5..11 is
+    # 0, 1/3, 2/3, 1, then (7 - u) / (7 - 3) for u = 4, 5, 6: 3/4, 2/4, 1/4
+    optimizer, scheduler = make(warmup=3, total=12)
     advance(optimizer, scheduler, 4)
     group = scheduler.add_param_group([torch.nn.Parameter(torch.zeros(3))], weight_decay=0.01)
     assert group["weight_decay"] == 0.01
+    new, old = [], []
+    for _ in range(4, 12):
+        new.append(optimizer.param_groups[1]["lr"])
+        old.append(optimizer.param_groups[0]["lr"])
+        advance(optimizer, scheduler, 1)
+    # step 4 (the step it joins, its parameters have no gradient yet): 0
+    assert new == pytest.approx([0, 0, 1 / 3, 2 / 3, 1, 3 / 4, 2 / 4, 1 / 4])
+    # the original group is unchanged: warm-up 3, then (12 - t) / 9
+    assert old == pytest.approx([(12 - t) / 9 for t in range(4, 12)])
+
+
+def test_restart_group_added_at_step_0_starts_one_step_later():
+    # IncreLoRA's reserve group joins at step 0: factor 0 at steps 0 and 1, then 1/2, 1, then
+    # decay over the horizon 10 - 1 = 9: (9 - u) / 7 at u = t - 1
+    optimizer, scheduler = make(warmup=2, total=10)
+    scheduler.add_param_group([torch.nn.Parameter(torch.zeros(1))], 0.0)
     lrs = []
-    for _ in range(7):
+    for _ in range(10):
         lrs.append(optimizer.param_groups[1]["lr"])
         advance(optimizer, scheduler, 1)
-    # horizon 10 - 4 = 6 steps: warm-up 0, 1/2, then (6 - u) / 4
-    assert lrs == pytest.approx([0, 0.5, 1, 3 / 4, 2 / 4, 1 / 4, 0])
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+    assert lrs == pytest.approx([0, 0, 0.5, 1, 6 / 7, 5 / 7, 4 / 7, 3 / 7, 2 / 7, 1 / 7])
+
+
+def test_restart_group_refuses_parameters_that_already_have_a_gradient():
+    _, scheduler = make()
+    param = torch.nn.Parameter(torch.zeros(2))
+    param.grad = torch.ones(2)
+    with pytest.raises(RuntimeError, match="gradient"):
+        scheduler.add_param_group([param], 0.0)
 
 
 def test_global_policy_follows_the_run_schedule():

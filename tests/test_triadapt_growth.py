@@ -163,9 +163,10 @@ def test_new_group_learning_rate(policy):
     assert new_group["weight_decay"] == 0.01
     peak = TASK["lr"]
     if policy == "restart":
-        # added at t = 4 of T = 10: own warm-up of 2 steps from 0, then linear decay to 0 at T
-        # (horizon 6): factors 0, 1/2, 1, 3/4, 2/4, 1/4 at t = 4..9
-        assert [a for a, _ in lrs] == pytest.approx([peak * f for f in (0, 0.5, 1, 0.75, 0.5, 0.25)])
+        # added during t = 4 of T = 10 (Multi_LambdaLR): 0 while it joins, then its own warm-up of
+        # 2 steps from 0 at t = 5, then linear decay to 0 at T (horizon 10 - 5 = 5):
+        # factors 0, 0, 1/2, 1, 2/3, 1/3 at t = 4..9
+        assert [a for a, _ in lrs] == pytest.approx([peak * f for f in (0, 0, 0.5, 1, 2 / 3, 1 / 3)])
     else:
         assert [a for a, _ in lrs] == pytest.approx([b for _, b in lrs])
     # the new parameters do train

@@ -46,12 +46,21 @@ def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int) -> float
 class GrowingLinearSchedule:
     """Linear warm-up then linear decay to 0 at ``total_steps``, per parameter group.
 
-    Groups present at construction follow the run's schedule. A group added later with
+    Groups present at construction follow the run's schedule: at optimizer step t (0-based) their
+    factor is ``linear_warmup_decay(t, warmup_steps, total_steps)``. A group added later with
     :meth:`add_param_group` follows one of two policies (methods.md A17):
 
-    * ``"restart"`` (IncreLoRA's ``Multi_LambdaLR``, the default): the group gets its own linear
-      warm-up of ``warmup_steps`` from 0, then decays linearly to 0 at the run's last step; its
-      clock starts at the step it was added, and its horizon is ``total_steps - added_at``.
+    * ``"restart"`` (the default): IncreLoRA's ``Multi_LambdaLR`` (official ``optimization.py``)
+      exactly. The reference adds the group during optimizer step a (growth, then
+      ``optimizer.step()``, then ``lr_scheduler.step()``); the scheduler step that follows sees the
+      group for the first time, gives it the schedule ``linear_warmup_decay(., warmup_steps,
+      total_steps - (a + 1))`` and a counter that starts at -1 and is incremented before use, so
+      at step t > a its factor is ``linear_warmup_decay(t - a - 1, warmup_steps, total_steps - a - 1)``:
+      0 at a + 1, 1/W at a + 2, ..., 1 at a + 1 + W, then a linear decay that reaches 0 at the
+      run's end. At step a itself the reference leaves the group at the optimizer's default LR,
+      but its parameters have no gradient at that step (they did not exist, or were frozen, in
+      the backward pass), so AdamW skips them; we give the group factor 0 there and refuse
+      parameters that already hold a gradient, so the two can never differ.
     * ``"global"``: the group uses the run's factor at the current step.
 
     Usage matches torch schedulers: call :meth:`step` once after every ``optimizer.step()``.
@@ -77,8 +86,15 @@ class GrowingLinearSchedule:
         if policy not in self.POLICIES:
             raise ValueError(f"unknown new-group lr policy {policy!r}; choose one of {self.POLICIES}")
         self._check_known()
+        params = list(params)
+        if policy == "restart" and any(p.grad is not None for p in params):
+            raise RuntimeError(
+                "a parameter joining a new 'restart' group already has a gradient: the reference "
+                "(Multi_LambdaLR) would step it at the optimizer's peak LR during the step it joins, "
+                "this schedule at LR 0; add parameters before their first backward pass"
+            )
         peak = self.optimizer.defaults["lr"]
-        self.optimizer.add_param_group({"params": list(params), "weight_decay": weight_decay, **extra})
+        self.optimizer.add_param_group({"params": params, "weight_decay": weight_decay, **extra})
         self._groups.append((peak, policy, self.steps_done))
         self._apply()
         return self.optimizer.param_groups[-1]
@@ -87,9 +103,10 @@ class GrowingLinearSchedule:
         peak, policy, added_at = self._groups[group_index]
         if policy == "global":
             return linear_warmup_decay(self.steps_done, self.warmup_steps, self.total_steps)
-        return linear_warmup_decay(
-            self.steps_done - added_at, self.warmup_steps, self.total_steps - added_at
-        )
+        if self.steps_done <= added_at:  # the step it joins (no gradient, see the class doc)
+            return 0.0
+        start = added_at + 1  # the first scheduler step that sees the group (Multi_LambdaLR)
+        return linear_warmup_decay(self.steps_done - start, self.warmup_steps, self.total_steps - start)
 
     def step(self) -> None:
         self._check_known()
