@@ -96,3 +96,19 @@ def test_default_groups_skip_decay_for_biases_and_norms():
     groups = default_param_groups(model, 0.1)
     assert [len(g["params"]) for g in groups] == [1, 2]
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+
+
+def test_train_log_records_the_lr_each_step_used(make_cfg):
+    import json
+    from pathlib import Path
+
+    from adarank import run as run_module
+
+    cfg, overrides = make_cfg(["method=bitfit", "train.log_interval=1"])
+    metrics = run_module.run(cfg, overrides)
+    folder = next(Path(cfg.results.root).rglob(metrics["variant"]))
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    lrs = [record["lr"] for record in log if "lr" in record]
+    # no warm-up, T = 4: optimizer steps 0..3 (logged as steps 1..4) use (4 - t) / 4 of the peak
+    peak = float(cfg.task.lr)
+    assert lrs == pytest.approx([peak * (4 - t) / 4 for t in range(4)])

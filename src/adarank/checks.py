@@ -7,6 +7,7 @@ import os
 from adarank.methods import REGISTRY, method_class
 from adarank.models import SOURCES
 from adarank.schedule_scaling import SCHEDULES
+from adarank.training.optim import OPTIMIZERS
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "squad_v2")
 THRESHOLDS = ("none", "fixed", "linear", "nonlinear")
@@ -30,6 +31,7 @@ def check_static(cfg) -> str | None:
     _one_of("train.progress", cfg.train.progress, PROGRESS)
     _one_of("train.precision", cfg.train.precision, PRECISIONS)
     _one_of("train.schedule", cfg.train.schedule, SCHEDULES)
+    _one_of("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
     for key in ("max_steps", "epochs", "eval_interval", "max_train_samples", "max_eval_samples", "num_threads"):
         value = cfg.train.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):

@@ -129,7 +129,9 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
         num_workers=int(tcfg.num_workers),
     )
     method.set_total_steps(total_steps)
-    optimizer = build_optimizer(method.optimizer_groups(model, float(task.weight_decay)), float(task.lr))
+    optimizer = build_optimizer(
+        method.optimizer_groups(model, float(task.weight_decay)), float(task.lr), str(tcfg.optimizer)
+    )
     warmup = method.lr_warmup_steps(total_steps)
     scheduler = GrowingLinearSchedule(optimizer, task.warmup_steps if warmup is None else warmup, total_steps)
     autocast = (
@@ -188,6 +190,7 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
                     loss = model(**batch).loss
                     extra = method.extra_loss(model)
                     total_loss = loss if extra is None else loss + extra
+                lr = optimizer.param_groups[0]["lr"]  # the LR this step uses (scheduler.step() moves it on)
                 optimization_step(method, model, optimizer, scheduler, total_loss, step, total_steps, float(tcfg.max_grad_norm))
                 step += 1
                 if device.type == "cuda":
@@ -197,7 +200,6 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"loss became {loss_value} at step {step}")
-                lr = optimizer.param_groups[0]["lr"]
                 progress.update(step, loss_value, lr)
                 if step % int(tcfg.log_interval) == 0 or step == 1:
                     record = {"step": step, "loss": loss_value, "lr": lr}

@@ -1,4 +1,5 @@
-"""AdamW and a linear warm-up/decay schedule that also schedules parameter groups added mid-run.
+"""AdamW (torch's, or the legacy transformers one of the reference codes) and a linear
+warm-up/decay schedule that also schedules parameter groups added mid-run.
 
 Rank-growing methods (IncreLoRA, TriAdaptLoRA) add new parameters with
 ``optimizer.add_param_group``. A stock ``torch.optim.lr_scheduler.LambdaLR`` only knows the groups
@@ -13,6 +14,8 @@ from typing import Iterable
 
 import torch
 from torch import nn
+
+from adarank.training.legacy_adamw import LegacyAdamW
 
 NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layernorm.weight", "layer_norm.weight", "norm.weight")
 
@@ -30,9 +33,19 @@ def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(groups: list[dict], lr: float) -> torch.optim.AdamW:
+#: ``train.optimizer``: torch's AdamW, or the pre-5 transformers AdamW of both official baseline
+#: codes (legacy_adamw.py; docs/baselines.md P2). Both with transformers' Trainer defaults
+#: betas (0.9, 0.999), eps 1e-8.
+OPTIMIZERS = ("adamw_torch", "adamw_legacy")
+
+
+def build_optimizer(groups: list[dict], lr: float, name: str = "adamw_torch") -> torch.optim.Optimizer:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; train.optimizer must be one of {OPTIMIZERS}")
     if not any(g["params"] for g in groups):
         raise ValueError("the method left no trainable parameters")
+    if name == "adamw_legacy":
+        return LegacyAdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, correct_bias=True)
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
