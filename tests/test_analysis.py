@@ -36,6 +36,8 @@ def test_paper_averages_match_their_rows():
     paper = load_paper()
     for table in ("table1", "table2", "table3"):
         for key, row in paper[table]["rows"].items():
+            if not row["scores"]:  # an extra row of this harness (no paper numbers)
+                continue
             mean = sum(row["scores"][t] for t in GLUE) / 8
             if "avg_note" in row:
                 assert abs(mean - row["avg"]) > 0.1

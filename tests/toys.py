@@ -66,7 +66,9 @@ def train_toy(method, model, steps: int, width: int, max_grad_norm: float, class
     for step in range(steps):
         x = torch.randn(6, 5, width, generator=data)
         y = torch.randint(0, classes, (6,), generator=data)
-        loss = nn.functional.cross_entropy(model(x), y) + method.extra_loss(model)
+        loss = nn.functional.cross_entropy(model(x), y)
+        extra = method.extra_loss(model)
+        loss = loss if extra is None else loss + extra
         optimization_step(method, model, optimizer, scheduler, loss, step, steps, max_grad_norm)
         losses.append(loss.item())
     return optimizer, losses

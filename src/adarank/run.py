@@ -91,6 +91,8 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
     # resuming: the loop truncates the log to the checkpoint's offset and appends
     with open(folder / "train_log.jsonl", "a" if checkpointer.resume else "w") as train_log:
         outcome = train(model, method, task_data, cfg, total_steps, train_log, tracker, device, checkpointer)
+    # e.g. DyLoRA's evaluation at every rank: methods add whole-dev evaluations after the final one
+    extra_evaluations = method.final_evaluations(model, lambda: task_data.evaluate(model, device, final=True))
     results.write_json_atomic(folder / "rank_pattern.json", method.rank_pattern(model) or {})
     results.write_jsonl(folder / "growth_log.jsonl", method.growth_log)
     for event in method.growth_log:
@@ -109,6 +111,7 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
         "primary_metric": cfg.task.primary_metric,
         "best": outcome.best,
         "final": outcome.final,
+        **extra_evaluations,
         "evaluations": outcome.evaluations,
         "costs": {"wall_seconds": None, **outcome.costs},
         "rank": method.summary(model),

@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "increlora": "adarank.methods.increlora:IncreLoRA",
     "triadapt": "adarank.methods.triadapt:TriAdaptLoRA",
     "hadapter": "adarank.methods.hadapter:HAdapter",
+    "dylora": "adarank.methods.dylora:DyLoRA",
 }
 
 

@@ -114,6 +114,11 @@ class Method:
     def after_optimizer_step(self, ctx: StepContext) -> None:
         pass
 
+    def final_evaluations(self, model: nn.Module, evaluate) -> dict:
+        """Extra whole-dev evaluations after training, merged into metrics.json (DyLoRA: one per
+        rank 1..r_max). ``evaluate()`` returns the task's dev metrics for the model as it is."""
+        return {}
+
     # -- checkpoints -----------------------------------------------------------------------
     def checkpoint_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The model tensors a checkpoint holds: trainable parameters and every buffer (the

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from adarank.methods.base import Method, StepContext
+from adarank.methods.lowrank import replace_module
 from adarank.methods.increlora.allocator import ema_update, growth_k, is_growth_step, select_modules
 from adarank.methods.growth_clock import first_growth_step
 from adarank.methods.increlora.layer import SCORE_NORMS, IncreLinear, gram_orth_penalty
@@ -36,12 +37,6 @@ from adarank.training.distributed import refuse_multiprocess
 
 LR_POLICIES = ("restart", "global")
 METHOD_KEYS = {"name", "init_rank", "score_norm", "new_group_lr"}
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 class IncreLoRA(Method):

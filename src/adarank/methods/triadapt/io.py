@@ -15,18 +15,13 @@ import os
 import torch
 from torch import nn
 
+from adarank.methods.lowrank import replace_module
 from adarank.methods.triadapt.layer import TriAdaptLinear
 from adarank.methods.triadapt.store import ATTRIBUTE as STORE_ATTRIBUTE
 from adarank.methods.triadapt.store import BlockStore
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.pt"
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
 
 
 def inject(
@@ -44,7 +39,7 @@ def inject(
         if not isinstance(base, nn.Linear):
             raise TypeError(f"{name} is a {type(base).__name__}, not an nn.Linear")
         layer = TriAdaptLinear(base, alpha, init_rank=init_rank, dropout=dropout, init_std=init_std, store=store)
-        _set_submodule(model, name, layer)
+        replace_module(model, name, layer)
         layers[name] = layer
     if store is not None and layers:
         # B starts at zero so that the adapted model equals the backbone at step 0 (§III-B, A13)
@@ -118,7 +113,7 @@ def load_adapter(model: nn.Module, folder: str) -> dict[str, TriAdaptLinear]:
 def merge(model: nn.Module) -> nn.Module:
     """Fold every TriAdapt update into its base weight (W0 + α/(r+ε)·B(L+U)A), in place."""
     for name, layer in triadapt_layers(model).items():
-        _set_submodule(model, name, layer.merged_linear())
+        replace_module(model, name, layer.merged_linear())
     store = getattr(model, STORE_ATTRIBUTE, None)
     if store is not None:
         store.detach_from(model)

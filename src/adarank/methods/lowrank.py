@@ -1,0 +1,57 @@
+"""Pieces shared by the hand-written low-rank adapters: swapping a module in a model (every one),
+LoRA's standard initialisation of A and the adapter folder format (DyLoRA, ALoRA).
+
+An adapter folder holds ``adapter_config.json`` (whatever the method needs to rebuild its layers:
+module names, ranks, alpha, dropout, ...) and ``adapter.pt`` (the tensors by model name: the
+adapter factors and the fully trained heads).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+from torch import nn
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.pt"
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def lora_init_a(a: torch.Tensor) -> torch.Tensor:
+    """LoRA's (and peft's, and DyLoRA's) initialisation of A (rank x in): Kaiming-uniform with
+    a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)); B starts at zero."""
+    return nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+
+
+def freeze_base(base: nn.Linear) -> nn.Linear:
+    for param in base.parameters():
+        param.requires_grad = False
+    return base
+
+
+def save_folder(folder: str, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=1)
+    torch.save({k: v.detach().cpu().clone() for k, v in tensors.items()}, os.path.join(folder, WEIGHTS_FILE))
+
+
+def read_config(folder: str) -> dict:
+    with open(os.path.join(folder, CONFIG_FILE)) as f:
+        return json.load(f)
+
+
+def load_tensors_into(model: nn.Module, folder: str) -> None:
+    """Copy every saved tensor into the model parameter or buffer of the same name (a saved
+    tensor the model lacks, or a shape mismatch, raises)."""
+    from adarank.training.checkpoint import load_tensors
+
+    load_tensors(model, torch.load(os.path.join(folder, WEIGHTS_FILE), map_location="cpu", weights_only=True))
