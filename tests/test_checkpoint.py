@@ -42,6 +42,7 @@ CASES = {
     "bitfit": (["method=bitfit"], 4, 10),
     "hadapter": (["method=hadapter"], 4, 10),
     "lora": (["method=lora"], 4, 10),
+    "dylora": (["method=dylora"], 4, 10),
     "adalora": (["method=adalora", "task.adalora.init_warmup=2", "task.adalora.final_warmup=4",
                  "task.adalora.mask_interval=2", "task.adalora.warmup_steps=2"], 6, 12),
     "increlora": (["method=increlora", *GROWTH], 4, 12),
