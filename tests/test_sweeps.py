@@ -44,6 +44,12 @@ def test_command_line_narrows_a_sweep():
     assert all(key_values(job)["task"] == "rte" for job in jobs)
 
 
+def test_comma_slices_narrow_a_sweep_like_train_py():
+    jobs = sweep_jobs("table1", ["task=rte,mrpc", "+sweep/arm=lora,increlora", "seed=0"])
+    assert sorted((key_values(j)["task"], key_values(j)["+sweep/arm"]) for j in jobs) == [
+        ("mrpc", "increlora"), ("mrpc", "lora"), ("rte", "increlora"), ("rte", "lora")]
+
+
 @pytest.mark.parametrize("name", EXPECTED_JOBS)
 def test_every_kind_of_job_composes(name):
     """One job per distinct arm / swept value (tasks and seeds are covered by the config tests):

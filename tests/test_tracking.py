@@ -77,6 +77,7 @@ def fake_wandb(monkeypatch):
 
 def test_wandb_tracker_logs_config_metrics_growth_and_rank_pattern(tmp_path, fake_wandb, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     (tmp_path / "rank_pattern.json").write_text('{"deberta.encoder.layer.0.attention.self.query_proj": 3}')
     tracker = make_tracker(base_cfg(), tmp_path)
     assert isinstance(tracker, WandbTracker)
@@ -97,6 +98,18 @@ def test_wandb_tracker_logs_config_metrics_growth_and_rank_pattern(tmp_path, fak
     assert tables["growth/events"]["data"][0][:3] == [20, 3, 80]
     assert tables["rank/pattern"]["data"] == [["deberta.encoder.layer.0.attention.self.query_proj", 3.0]]
     assert run.finished == [0]
+
+
+def test_wandb_folder_is_never_the_run_folder(tmp_path, fake_wandb, monkeypatch):
+    """Without $WANDB_DIR, wandb writes next to the results tree: force=true deletes run folders."""
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    cfg = base_cfg()
+    cfg.results.root = str(tmp_path / "results" / "raw")
+    make_tracker(cfg, tmp_path / "results" / "raw" / "rte" / "run")
+    assert fake_wandb.runs[0].init["dir"] == str(tmp_path / "results" / "wandb")
+    cfg.logger.dir = str(tmp_path / "mine")
+    make_tracker(cfg, tmp_path / "run2")
+    assert fake_wandb.runs[1].init["dir"] == str(tmp_path / "mine")
 
 
 def test_wandb_mode_from_the_environment_wins(tmp_path, fake_wandb, monkeypatch):
@@ -123,20 +136,20 @@ def test_wandb_offline_run_folder_is_written(wandb_home):
     tracker.log_growth({"step": 2, "k": 1, "total_rank": 10, "modules": ["m"]})
     tracker.log_summary({"best": {"accuracy": 50.0}})
     tracker.finish(0)
-    offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1
+    offline = list((wandb_home / "wandb_home" / "wandb").glob("offline-run-*"))  # $WANDB_DIR
+    assert len(offline) == 1 and not (run_dir / "wandb").exists()
     records = list(offline[0].glob("run-*.wandb"))
     assert records and records[0].stat().st_size > 0
 
 
 @pytest.mark.slow
 def test_real_run_with_wandb_offline(make_cfg, wandb_home):
-    """run(cfg) with logger=wandb writes an offline wandb run inside the run folder."""
+    """run(cfg) with logger=wandb writes an offline wandb run into $WANDB_DIR."""
     pytest.importorskip("wandb")
     from adarank.run import run
 
     cfg, overrides = make_cfg(["task=rte", "method=lora", "logger=wandb", "train.max_steps=2"])
     metrics = run(cfg, overrides)
     assert metrics["status"] == "completed"
-    offline = list((wandb_home / "results").rglob("offline-run-*"))
+    offline = list((wandb_home / "wandb_home").rglob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))

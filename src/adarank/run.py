@@ -57,12 +57,14 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     # one GPU per job on a multi-GPU box, held until the run ends (see gpu_slots.py)
     with claim_gpu(cfg.train.device) as device_name:
+        tracker_start = time.perf_counter()
         tracker = make_tracker(cfg, folder)
+        tracker_seconds = time.perf_counter() - tracker_start  # wandb's start-up is no run cost
         exit_code = 1
         try:
             metrics = _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, pick_device(device_name), checkpointer)
             metrics["schedule"] = schedule
-            metrics["costs"]["wall_seconds"] = time.perf_counter() - wall_start
+            metrics["costs"]["wall_seconds"] = time.perf_counter() - wall_start - tracker_seconds
             tracker.log_summary(metrics)
             # metrics.json last: its presence marks the run complete
             results.write_json_atomic(folder / results.METRICS_FILE, metrics)
@@ -72,7 +74,9 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
         finally:
             tracker.finish(exit_code)
     primary = cfg.task.primary_metric
-    log.info("%s: best %s %.2f, final %.2f", folder, primary, metrics["best"][primary], metrics["final"][primary])
+    log.info("%s: best %s %.2f, final %.2f; wall %.1f s, final total rank %s, trainable params %s",
+             folder, primary, metrics["best"][primary], metrics["final"][primary], metrics["costs"]["wall_seconds"],
+             metrics["rank"].get("total_rank", "-"), metrics["costs"]["trainable_params_end"])
     return metrics
 
 
@@ -94,9 +98,7 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
     # e.g. DyLoRA's evaluation at every rank: methods add whole-dev evaluations after the final one
     extra_evaluations = method.final_evaluations(model, lambda: task_data.evaluate(model, device, final=True))
     results.write_json_atomic(folder / "rank_pattern.json", method.rank_pattern(model) or {})
-    results.write_jsonl(folder / "growth_log.jsonl", method.growth_log)
-    for event in method.growth_log:
-        tracker.log_growth(event)
+    results.write_jsonl(folder / "growth_log.jsonl", method.growth_log)  # the loop sent each event live
     if cfg.results.save_adapter:
         method.save_adapter(model, str(folder / "adapter"))
     return {

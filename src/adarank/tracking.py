@@ -12,8 +12,9 @@ run.py uses one tracker per run:
         tracker.finish(exit_code)                  # always; 1 when the run raised
 
 wandb is imported only when ``logger=wandb``; WANDB_MODE in the environment wins over
-``logger.mode`` (offline runs land in ``<run_dir>/wandb/offline-run-*``; upload them later with
-``wandb sync``). Each run is its own wandb run (finish() closes it), so the jobs of a sequential
+``logger.mode``. wandb's folder is ``$WANDB_DIR`` when set, else ``logger.dir``, else
+``<results.root>/../wandb``: never inside the run folder, which ``force=true`` deletes (offline runs
+land in ``<that folder>/wandb/offline-run-*``; upload them later with ``wandb sync``). Each run is its own wandb run (finish() closes it), so the jobs of a sequential
 multirun never merge into one.
 """
 
@@ -74,7 +75,7 @@ class WandbTracker:
             name=f"{task}/{label}/seed{cfg.seed}/{self.run_dir.name}",
             tags=list(options.get("tags") or []),
             config=config,
-            dir=str(self.run_dir),
+            dir=str(wandb_dir(cfg)),
             reinit="finish_previous",
         )
         if not os.environ.get("WANDB_MODE") and options.get("mode"):
@@ -124,6 +125,17 @@ class WandbTracker:
             self.run.finish(exit_code=exit_code)
         except Exception as err:  # noqa: BLE001 - closing the tracker must never mask the run's own error
             log.warning("wandb finish failed: %s", err)
+
+
+def wandb_dir(cfg) -> Path:
+    """$WANDB_DIR, else ``logger.dir``, else ``<results.root>/../wandb`` (created)."""
+    chosen = os.environ.get("WANDB_DIR") or cfg.logger.get("dir")
+    if not chosen:
+        root = cfg.get("results", {}).get("root") if cfg.get("results") else None
+        chosen = Path(root or "results/raw").resolve().parent / "wandb"
+    path = Path(chosen)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def make_tracker(cfg, run_dir: str | Path) -> NullTracker | WandbTracker:

@@ -3,6 +3,7 @@ sweeper would launch for ``python train.py -m +sweep=<name> [overrides]``.
 
     python -m adarank.analysis.sweeps table1               # count and list the jobs
     python -m adarank.analysis.sweeps fig3 seed=0 --count   # just the count of a slice
+    python -m adarank.analysis.sweeps table1 task=rte,mrpc +sweep/arm=lora,increlora  # comma slices
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ def sweep_jobs(name: str, overrides: list[str] = (), conf_dir: str | Path = REPO
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     arguments = [f"+sweep={name}", *overrides]
+    parser = OverridesParser.create()
+    # a comma slice (task=rte,mrpc) is a sweep, which compose() refuses: the sweep file alone gives
+    # the grid, and every override joins it below, as on the train.py -m command line
+    fixed = [o.input_line for o in parser.parse_overrides(list(arguments)) if not o.is_sweep_override()]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=arguments, return_hydra_config=True)
+        cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
     params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.params or {}).items()]
-    parsed = OverridesParser.create().parse_overrides(params + list(arguments))
+    parsed = parser.parse_overrides(params + list(arguments))
     (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     return batch
 

@@ -17,6 +17,7 @@ import torch
 from adarank.methods.base import StepContext
 from adarank.models import count_trainable
 from adarank.training.checkpoint import Checkpointer, LoopState
+from adarank.training.events import LiveEvents
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 
 log = logging.getLogger("adarank")
@@ -68,8 +69,13 @@ class Progress:
             log.info("step %d/%d loss %.4f lr %.3e", step, self.total, loss, lr)
 
     def note(self, message: str) -> None:
+        """An event line (evaluation, growth) through ``logging``, so Hydra's train.log keeps it;
+        with a bar on the terminal, console handlers print above the bar."""
         if self.bar is not None:
-            self.bar.write(message)
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():
+                log.info(message)
         elif not self.quiet:
             log.info(message)
 
@@ -172,6 +178,8 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
         progress.note(f"eval at step {step}: {primary} {metrics[primary]:.2f}{best}")
         return metrics
 
+    events = LiveEvents(method, tracker, progress.note, write)
+
     start = time.perf_counter()
     model.train()
     with checkpointer:
@@ -196,6 +204,7 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 step_seconds.append(time.perf_counter() - tick)
+                events.poll()
 
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
@@ -206,7 +215,7 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
                     if extra is not None:
                         record["extra_loss"] = float(extra.detach())
                     write(record)
-                    tracker.log({"train/loss": loss_value, "train/lr": lr}, step)
+                    tracker.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step)
                 if step % eval_interval == 0 and step < total_steps:
                     run_evaluation(step, final=False)
                 if checkpointer.due(step, total_steps) or checkpointer.stopping:
