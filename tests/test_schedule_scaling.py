@@ -86,3 +86,21 @@ def test_an_lr_warmup_as_long_as_the_run_is_refused(make_cfg, method):
     key = "task.adalora.warmup_steps" if method == "adalora" else "task.warmup_steps"
     with pytest.raises(ConfigError, match=rf"LR warm-up .* fills the whole run .*{key}.*train\.schedule=scaled"):
         run(cfg, overrides)
+
+
+# GLUE training-set sizes (the official splits; RTE/MRPC/STS-B/CoLA as in ../shared/data/glue)
+GLUE_TRAIN_SIZES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846,
+                    "mnli": 392702, "qnli": 104743, "rte": 2490}
+
+
+@pytest.mark.parametrize("task", sorted(GLUE_TRAIN_SIZES))
+def test_the_smoke_preset_fits_every_glue_task_and_method(task):
+    cfg = compose([f"task={task}", "+preset=smoke"])
+    assert cfg.train.schedule == "scaled" and cfg.task.max_seq_length == 64
+    full = paper_steps(GLUE_TRAIN_SIZES[task], cfg.task.batch_size, cfg.task.epochs)
+    for method in ("lora", "adalora", "increlora", "triadapt"):
+        values = scaled_values(cfg.task, method, cfg.train.max_steps, full)
+        if method in ("increlora", "triadapt"):
+            t0, interval = values["init_warmup"][1], values["incre_interval"][1]
+            full_t0, full_interval = values["init_warmup"][0], values["incre_interval"][0]
+            assert count_growth_steps(cfg.train.max_steps, t0, interval) >= count_growth_steps(full, full_t0, full_interval)

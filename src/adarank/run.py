@@ -74,6 +74,9 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
         finally:
             tracker.finish(exit_code)
     primary = cfg.task.primary_metric
+    baseline = metrics["data"].get("trivial_baseline", {}).get(primary)
+    if baseline is not None:
+        log.info("trivial baseline (a constant prediction): %s %.2f", primary, baseline)
     log.info("%s: best %s %.2f, final %.2f; wall %.1f s, final total rank %s, trainable params %s",
              folder, primary, metrics["best"][primary], metrics["final"][primary], metrics["costs"]["wall_seconds"],
              metrics["rank"].get("total_rank", "-"), metrics["costs"]["trainable_params_end"])

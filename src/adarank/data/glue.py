@@ -241,10 +241,22 @@ def load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
         "full_train_size": full_train_size,  # before max_train_samples: sets train.schedule=scaled's T_paper
         **{f"{s}_examples": len(d) for s, d in eval_sets.items()},
     }
-    majority = _majority_baseline(task_cfg, raw[task_cfg.eval_splits[0]].labels, regression)
+    dev_labels = raw[task_cfg.eval_splits[0]].labels
+    majority = _majority_baseline(task_cfg, dev_labels, regression)
     if majority is not None:
         info["majority_class_accuracy"] = majority
+    info["trivial_baseline"] = trivial_baseline(task_cfg.name, dev_labels, regression)
     return TaskData(train, collate, evaluate, "sequence_classification", task_cfg.num_labels, info)
+
+
+def trivial_baseline(task: str, labels, regression: bool) -> dict[str, float]:
+    """Every dev metric of a constant prediction: the majority class (classification) or the
+    mean score (STS-B, whose correlations are then 0). A run has learned something only above it."""
+    if regression:
+        constant = float(np.mean(labels))
+    else:
+        constant = int(np.bincount(np.asarray(labels, dtype=int)).argmax())
+    return glue_metrics(task, [constant] * len(labels), labels)
 
 
 def _majority_baseline(task_cfg, labels, regression: bool):
