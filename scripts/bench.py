@@ -22,9 +22,11 @@ from adarank.bench import (  # noqa: E402
     BASE_DEFAULT_METHODS,
     DEFAULT_METHODS,
     METHODS,
+    OPS_SHAPE,
     PRESETS,
     BenchConfig,
     markdown_table,
+    ops_table,
     run_bench,
     write_report,
 )
@@ -48,6 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--steady", action="store_true",
                    help="grow from step 1 every step (init_warmup 0) so that fixed-k methods reach their final "
                         "rank during the warm-up and the timed steps run at it (use --warmup > 8)")
+    p.add_argument("--no-ops", action="store_true", help="skip the operator counts")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
     p.add_argument("--out", default="results/bench/bench.json", help="JSON output ({preset} is substituted)")
     args = p.parse_args(argv)
@@ -74,6 +77,7 @@ def main(argv=None) -> int:
             precision=args.precision,
             threads=args.threads or None,
             memory=not args.no_memory,
+            ops=not args.no_ops,
             steady=args.steady,
         )
         report = run_bench(bc, log=lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -87,6 +91,10 @@ def main(argv=None) -> int:
               f"(+{bc.warmup} warm-up), interval {bc.growth_interval}, {m['device']} "
               f"({m.get('gpu') or m['cpu']}, {m['torch_threads']} thread(s))\n")
         print(markdown_table(report))
+        if bc.ops:
+            print(f"\nOperators per training step at the final rank (counted apart: batch "
+                  f"{OPS_SHAPE['batch']} x {OPS_SHAPE['seq_len']}, steady schedule; 'kernels' = non-view ops)\n")
+            print(ops_table(report))
         print(f"\nJSON: {out}")
     return 0
 

@@ -39,7 +39,7 @@ def one_thread():
 def test_bench_runs_methods_side_by_side_with_growth_in_the_timed_window(tmp_path):
     methods = ["lora", "increlora", "triadapt-linear"]
     bc = BenchConfig(preset="tiny", batch=2, seq_len=16, steps=6, warmup=1, interval=2, methods=tuple(methods),
-                     memory=False)
+                     memory=False, ops=False)
     report = run_bench(bc, log=lambda _: None)
     check_schema(report, methods, steps=6)
     rows = {row["method"]: row for row in report["results"]}
@@ -58,7 +58,7 @@ def test_bench_runs_methods_side_by_side_with_growth_in_the_timed_window(tmp_pat
 def test_steady_mode_times_only_steps_at_the_final_rank():
     methods = ["lora", "triadapt-fixed", "triadapt-plain"]
     bc = BenchConfig(preset="tiny", batch=2, seq_len=16, steps=3, warmup=9, methods=tuple(methods), memory=False,
-                     steady=True)
+                     steady=True, ops=False)
     report = run_bench(bc, log=lambda _: None)
     check_schema(report, methods, steps=3)
     rows = {row["method"]: row for row in report["results"]}
@@ -78,6 +78,42 @@ def test_plain_label_builds_the_straightforward_storage():
     fast, _ = build_runner(bc, "triadapt-fixed", 1, torch.device("cpu"))
     assert plain.method.fast is False and not hasattr(plain.model, "triadapt_blocks")
     assert fast.method.fast is True and hasattr(fast.model, "triadapt_blocks")
+
+
+def test_op_counter_counts_per_phase_and_skips_views():
+    from adarank.op_count import OpCounter
+
+    counter = OpCounter()
+    x = torch.ones(3, 4)
+    with counter:
+        with counter.phase("forward"):
+            y = (x @ x.T).view(-1)  # mm (a kernel) + t, view (views)
+        y.sum()
+    snap = counter.snapshot()
+    assert snap["forward"] == {"ops": 3, "kernels": 1} and snap["other"] == {"ops": 1, "kernels": 1}
+    assert snap["total"] == {"ops": 4, "kernels": 2}
+
+
+def test_operator_counts_attribute_each_methods_overhead():
+    from adarank.bench import count_method_ops, ops_table
+
+    cpu = torch.device("cpu")
+    bc = BenchConfig(preset="tiny")
+    rows = {label: {"method": label, **count_method_ops(bc, label, cpu)}
+            for label in ("lora", "adalora", "increlora", "triadapt-fixed")}
+    lora, ada, incre, tri = rows["lora"], rows["adalora"], rows["increlora"], rows["triadapt-fixed"]
+    assert lora["kernels_step"] == lora["kernels_forward"] + lora["kernels_update"] > 0
+    assert lora["kernels_hooks"] == lora["kernels_regulariser"] == 0 and lora["kernels_scoring_per_step"] is None
+    assert incre["kernels_scoring_per_step"] > 0 and incre["kernels_hooks_per_event"] > 0  # scores, then grows
+    assert ada["kernels_hooks"] > 0 and ada["kernels_regulariser"] > 0  # importance update / masking every step
+    assert tri["kernels_hooks"] == 0 < tri["kernels_hooks_per_event"]  # nothing between growth events
+    assert tri["ops_total_rank"] == incre["ops_total_rank"] == lora["ops_total_rank"]  # all at the final rank
+    report = {"results": list(rows.values())}
+    from adarank.bench import add_kernel_deltas
+
+    add_kernel_deltas(report["results"])
+    assert rows["lora"]["extra_kernels_x_lora"] == 0
+    assert ops_table(report).count("\n") == 1 + len(rows)
 
 
 def test_turns_alternate_between_runners():

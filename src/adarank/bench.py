@@ -36,6 +36,7 @@ absolute peak and the peak minus the resident size once the model is built are r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -112,6 +113,8 @@ class BenchConfig:
     #: growth from step 1 with interval 1 (init_warmup 0), so that the fixed-k methods reach their
     #: final rank inside the warm-up and every timed step runs at the final rank
     steady: bool = False
+    #: count the operators of a step at the final rank (adarank.op_count), in a separate pass
+    ops: bool = True
 
     @property
     def total_steps(self) -> int:
@@ -369,6 +372,57 @@ def run_threads(bc: BenchConfig, runners: list[Runner], datasets: list[list]) ->
             raise RuntimeError(f"benchmark of {r.label} failed: {r.error!r}") from r.error
 
 
+# -- operator counts ---------------------------------------------------------------------------
+#: the counting pass: steady schedule (final rank reached in the warm-up), a small batch (the
+#: number of operators does not depend on the batch or the sequence length)
+OPS_SHAPE = dict(batch=2, seq_len=16, warmup=10, steps=3, steady=True, memory=False, ops=False)
+
+
+def count_method_ops(bc: BenchConfig, label: str, device: torch.device) -> dict:
+    """Operators per training step of one method (``adarank.op_count``), counted over a steady
+    run of ``OPS_SHAPE``: the medians over its last ``steps`` steps (at the final rank), plus
+    IncreLoRA's scoring per step while its budget is open and the growth hooks per event."""
+    from adarank.op_count import OpCounter, count_step, instrument
+    from adarank.training.optim import GrowingLinearSchedule, build_optimizer
+
+    cbc = dataclasses.replace(bc, **OPS_SHAPE)
+    runner, data = build_runner(cbc, label, 0, device)
+    method, model, cfg = runner.method, runner.model, runner.cfg
+    total = cbc.total_steps
+    method.set_total_steps(total)
+    optimizer = build_optimizer(method.optimizer_groups(model, float(cfg.task.weight_decay)), float(cfg.task.lr))
+    warmup = method.lr_warmup_steps(total)
+    scheduler = GrowingLinearSchedule(optimizer, cfg.task.warmup_steps if warmup is None else warmup, total)
+    counter = OpCounter()
+    instrument(method, counter)
+    model.train()
+    steps = []
+    for step in range(total):
+        batch = {k: v.to(device) for k, v in stack(data[step * cbc.batch : (step + 1) * cbc.batch]).items()}
+        events = len(method.growth_log)
+        counts = count_step(counter, method, model, optimizer, scheduler, batch, step, total,
+                            float(cfg.train.max_grad_norm))
+        counts["event"] = len(method.growth_log) > events
+        steps.append(counts)
+
+    def median(rows, phase, kind="kernels"):
+        values = [r.get(phase, {}).get(kind, 0) for r in rows]
+        return int(statistics.median(values)) if values else None
+
+    final = steps[cbc.warmup :]
+    scoring = [r for r in steps if r.get("scoring", {}).get("ops")]
+    growth = [r for r in steps if r["event"]]
+    out = {
+        "ops_step": median(final, "total", "ops"),
+        "kernels_step": median(final, "total"),
+        **{f"kernels_{phase}": median(final, phase) for phase in ("forward", "regulariser", "update", "hooks")},
+        "kernels_scoring_per_step": median(scoring, "scoring") if scoring else None,
+        "kernels_hooks_per_event": median(growth, "hooks") if growth else None,
+        "ops_total_rank": current_total_rank(method, model),
+    }
+    return out
+
+
 # -- summaries ---------------------------------------------------------------------------------
 def summarise(bc: BenchConfig, runner: Runner) -> dict:
     from adarank.models import count_trainable
@@ -416,10 +470,19 @@ def add_ratios(rows: list[dict]) -> None:
             r[key] = r["median_step_s"] / base["median_step_s"] if base else None
             if ref == "lora":
                 r["min_x_lora"] = r["min_step_s"] / base["min_step_s"] if base else None
+    add_kernel_deltas(rows)
     lora_mem = by.get("lora", {}).get("peak_memory_mb")
     for r in rows:
         if lora_mem and r.get("peak_memory_mb"):
             r["memory_x_lora"] = r["peak_memory_mb"] / lora_mem
+
+
+def add_kernel_deltas(rows: list[dict]) -> None:
+    """``extra_kernels_x_lora``: a row's kernels per step minus LoRA's (when both were counted)."""
+    lora = next((r.get("kernels_step") for r in rows if r["method"] == "lora"), None)
+    for r in rows:
+        if lora is not None and r.get("kernels_step") is not None:
+            r["extra_kernels_x_lora"] = r["kernels_step"] - lora
 
 
 # -- memory in a fresh process -----------------------------------------------------------------
@@ -533,6 +596,10 @@ def run_bench(bc: BenchConfig, log=print) -> dict:
         row = summarise(bc, runner)
         row.update({k: v for k, v in memory.get(runner.label, {}).items() if k != "method"})
         rows.append(row)
+    if bc.ops:
+        for row in rows:
+            log(f"[bench] counting the operators of {row['method']} ...")
+            row.update(count_method_ops(bc, row["method"], device))
     add_ratios(rows)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -576,6 +643,26 @@ def markdown_table(report: dict) -> str:
         ]
         if cuda:
             cells.append(_fmt(r.get("tokens_per_s"), ".0f"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ops_table(report: dict) -> str:
+    """The operator counts of the rows (empty when they were not counted)."""
+    rows = [r for r in report["results"] if r.get("kernels_step") is not None]
+    if not rows:
+        return ""
+    lines = [
+        "| method | ops/step | kernels/step | + kernels vs LoRA | forward | regulariser | backward + AdamW | hooks "
+        "| scoring/step (budget open) | hooks/growth event | rank |",
+        "|---|" + "---:|" * 10,
+    ]
+    for r in rows:
+        cells = [r["method"], _fmt(r["ops_step"], ","), _fmt(r["kernels_step"], ","),
+                 _fmt(r.get("extra_kernels_x_lora"), "+,"), _fmt(r["kernels_forward"], ","),
+                 _fmt(r["kernels_regulariser"], ","), _fmt(r["kernels_update"], ","), _fmt(r["kernels_hooks"], ","),
+                 _fmt(r["kernels_scoring_per_step"], ","), _fmt(r["kernels_hooks_per_event"], ","),
+                 _fmt(r["ops_total_rank"], "d")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
