@@ -227,3 +227,24 @@ def test_submitit_local_requeue_resumes_from_the_checkpoint(make_cfg, tmp_path):
     folder = run_folder(Path(cfg.results.root))
     assert json.loads((folder / "metrics.json").read_text())["costs"]["optimizer_steps"] == 8
     assert not checkpoint.path_in(folder).exists()
+
+
+def test_auto_interval_keeps_the_save_under_one_percent_of_the_steps_in_between():
+    assert checkpoint.auto_interval(2.0, [0.1] * 50) == 2000  # 2 s save, 0.1 s steps: 1 % at 2,000
+    assert checkpoint.auto_interval(0.01, [0.1] * 50) == checkpoint.AUTO_FIRST  # never below
+    assert checkpoint.auto_interval(1.0, [9.0] * 200 + [1.0] * 100) == 100  # the last 100 steps
+    saver = checkpoint.Checkpointer(".", "auto")
+    assert saver.due(100, 200) and not saver.due(99, 200) and not saver.due(200, 200)
+    with pytest.raises(ValueError, match="auto or >= 0"):
+        checkpoint.Checkpointer(".", -1)
+
+
+def test_checkpoint_cost_measures_the_real_save(tmp_path):
+    from adarank import checkpoint_cost
+
+    out = tmp_path / "cost.json"
+    assert checkpoint_cost.main(["--preset", "tiny", "--methods", "lora,full", "--repeats", "1", "--out", str(out)]) == 0
+    lora, full = json.loads(out.read_text())["rows"]
+    assert 0 < lora["checkpoint_mb"] < full["checkpoint_mb"] and lora["save_seconds"] > 0
+    # AdamW's two moments: a full checkpoint is at least 3 x the trainable fp32 bytes
+    assert full["checkpoint_mb"] * 2**20 >= 3 * 4 * full["trainable_params"]

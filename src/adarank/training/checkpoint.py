@@ -159,10 +159,30 @@ def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> No
             own[name].copy_(value)
 
 
+#: ``train.checkpoint_interval=auto``: the first checkpoint after this many steps; then the
+#: interval that keeps the measured save time under TARGET_SHARE of the measured step time
+AUTO_FIRST = 100
+TARGET_SHARE = 0.01
+
+
+def auto_interval(save_seconds: float, step_seconds: list[float]) -> int:
+    """Steps between checkpoints so that one save costs at most TARGET_SHARE of the training time
+    in between (median of the last 100 step times), and never fewer than AUTO_FIRST."""
+    import math
+    import statistics
+
+    recent = step_seconds[-100:]
+    if not recent:
+        return AUTO_FIRST
+    step = max(statistics.median(recent), 1e-9)
+    return max(AUTO_FIRST, math.ceil(save_seconds / (TARGET_SHARE * step)))
+
+
 class Checkpointer:
     """The loop's handle on checkpoints of one run folder.
 
-    ``interval`` (optimizer steps, 0 = never); ``resume``: the checkpoint read from the folder,
+    ``interval``: optimizer steps between checkpoints, 0 = never, "auto" = :func:`auto_interval`
+    after a first checkpoint at step AUTO_FIRST; ``resume``: the checkpoint read from the folder,
     or None for a fresh start. Also turns the first SIGINT into a clean stop at the end of the
     current optimizer step (a second one interrupts at once), and defers submitit's
     timeout/preemption handler (requeue and exit) to the end of the step, after a checkpoint.
@@ -170,8 +190,12 @@ class Checkpointer:
 
     def __init__(self, folder: Path, interval: int, resume: dict | None = None):
         self.folder = Path(folder)
-        self.interval = int(interval or 0)
+        self.auto = str(interval).lower() == "auto"
+        self.interval = AUTO_FIRST if self.auto else int(interval or 0)
+        if self.interval < 0:
+            raise ValueError(f"train.checkpoint_interval must be auto or >= 0, got {interval}")
         self.resume = resume
+        self.next_at = self.interval + (resume["loop"]["step"] if resume else 0)
         self.interrupted = False
         self._previous_handler = None
         self._preempt_handler: tuple | None = None  # (signal, submitit's handler)
@@ -180,7 +204,7 @@ class Checkpointer:
 
     # -- what the loop calls -----------------------------------------------------------------
     def due(self, step: int, total_steps: int) -> bool:
-        return self.interval > 0 and step % self.interval == 0 and step < total_steps
+        return self.interval > 0 and step >= self.next_at and step < total_steps
 
     def save(self, model, method, optimizer, scheduler, loop: LoopState) -> None:
         import time
@@ -199,6 +223,9 @@ class Checkpointer:
         }
         write_atomic(path_in(self.folder), payload)
         self.save_seconds.append(time.perf_counter() - start)
+        if self.auto:
+            self.interval = auto_interval(self.save_seconds[-1], loop.step_seconds)
+        self.next_at = loop.step + self.interval
         send_test_signal(loop.step)
 
     def restore(self, model, method, optimizer, scheduler) -> LoopState | None:

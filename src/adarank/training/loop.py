@@ -159,6 +159,8 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
         train_log.seek(resumed.train_log_offset)
         log.info("resuming from step %d of %d", step, total_steps)
     progress = Progress(tcfg.progress, total_steps, int(tcfg.log_interval))
+    if progress.bar is not None and step:
+        progress.bar.update(step)  # a resumed run's bar starts where the checkpoint was
 
     def write(record: dict) -> None:
         train_log.write(json.dumps(record) + "\n")
