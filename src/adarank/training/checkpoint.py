@@ -129,7 +129,12 @@ def read(folder: Path) -> dict | None:
 
 def remove(folder: Path) -> None:
     path_in(folder).unlink(missing_ok=True)
-    for stale in Path(folder).glob(f".{FILE}.*.tmp"):  # left by a process killed mid-write
+    remove_partial(folder)
+
+
+def remove_partial(folder: Path) -> None:
+    """Delete temporary files of saves that a killed process left half-written."""
+    for stale in Path(folder).glob(f".{FILE}.*.tmp"):
         stale.unlink(missing_ok=True)
 
 
@@ -195,6 +200,8 @@ class Checkpointer:
         if self.interval < 0:
             raise ValueError(f"train.checkpoint_interval must be auto or >= 0, got {interval}")
         self.resume = resume
+        if resume is not None:
+            remove_partial(self.folder)
         self.next_at = self.interval + (resume["loop"]["step"] if resume else 0)
         self.interrupted = False
         self._previous_handler = None
