@@ -56,8 +56,17 @@ def hand_budget(t, b0, bt, ti, tf, total):
     return int(bt + (b0 - bt) * (1 - (t - ti) / (total - tf - ti)) ** 3)
 
 
-def test_kept_rank_follows_the_cubic_budget_at_every_masking_step_and_ends_at_target():
-    total, ti, tf, dt = 26, 4, 8, 3
+@pytest.mark.parametrize(
+    "total,mask_steps",
+    [
+        (26, [6, 9, 12, 15, 18]),  # T - t_final = 18 is a masking step: the final mask there
+        # T - t_final = 16 is not (16 % 3 != 0): like the official code, no mask at 16 and the
+        # first b_T mask at 17, the first step > T - t_final (peft alone would force it at 16)
+        (24, [6, 9, 12, 15, 17]),
+    ],
+)
+def test_kept_rank_follows_the_cubic_budget_at_every_masking_step_and_ends_at_target(total, mask_steps):
+    ti, tf, dt = 4, 8, 3
     method, model, optimizer, scheduler = build(
         total, init_warmup=ti, final_warmup=tf, mask_interval=dt, warmup_steps=2
     )
@@ -77,9 +86,11 @@ def test_kept_rank_follows_the_cubic_budget_at_every_masking_step_and_ends_at_ta
                 int((layer.lora_E["default"] != 0).sum()) for layer in method.svd_layers().values()
             )
         optimizer.zero_grad(set_to_none=True)
-    final = total - tf  # 18: the forced final mask
-    expected_steps = [t for t in range(ti + 1, final + 1) if t % dt == 0] + ([final] if final % dt else [])
-    assert [e["step"] for e in method.growth_log] == expected_steps == [6, 9, 12, 15, 18]
+    final = total - tf
+    # official schedule_threshold: masks at t_init < t <= T - t_final with t % ΔT == 0 (b_T at
+    # T - t_final), then at every t > T - t_final (b_T; logged once, at the first of them)
+    expected_steps = [t for t in range(ti + 1, final + 1) if t % dt == 0] + ([final + 1] if final % dt else [])
+    assert [e["step"] for e in method.growth_log] == expected_steps == mask_steps
     for event in method.growth_log:
         budget = hand_budget(event["step"], b0, bt, ti, tf, total)
         assert event["budget"] == budget and event["k"] == b0 - budget
@@ -155,6 +166,12 @@ def test_schedule_without_a_budget_phase_fails_before_training(make_cfg):
     AdaLoRA.check_config(OmegaConf.create({"name": "adalora"}), task, "none", MODEL_CFG, 2401)
     with pytest.raises(ValueError, match="final_warmup must be >= 1"):
         AdaLoRA.check_config(OmegaConf.create({"name": "adalora"}), make_task(final_warmup=0), "none", MODEL_CFG, 99)
+    # T - t_final = 11 is no multiple of ΔT = 3 and no step follows it: the official final mask
+    # (the first step after it) never runs
+    short = make_task(init_warmup=2, final_warmup=1, mask_interval=3)
+    with pytest.raises(ValueError, match="final mask never runs"):
+        AdaLoRA.check_config(OmegaConf.create({"name": "adalora"}), short, "none", MODEL_CFG, 12)
+    AdaLoRA.check_config(OmegaConf.create({"name": "adalora"}), short, "none", MODEL_CFG, 13)  # 12 % 3 == 0
     # through the entrypoint: RTE's t_init 600 / t_final 1800 cannot fit into 4 steps
     cfg, overrides = make_cfg(["method=adalora"])
     with pytest.raises(ConfigError, match="no budget phase"):

@@ -32,6 +32,12 @@ def check_static(cfg) -> str | None:
     _one_of("train.precision", cfg.train.precision, PRECISIONS)
     _one_of("train.schedule", cfg.train.schedule, SCHEDULES)
     _one_of("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
+    positional = cfg.model.get("positional_query_adapter")
+    if positional is not None and (not isinstance(positional, bool) or cfg.model.get("family") != "deberta"):
+        raise ConfigError(
+            f"model.positional_query_adapter={positional!r}: true or false on a DeBERTa model only "
+            "(null = the reference codes' setting for the task: false on GLUE, true on SQuAD 2.0)"
+        )
     for key in ("max_steps", "epochs", "eval_interval", "max_train_samples", "max_eval_samples", "num_threads"):
         value = cfg.train.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):

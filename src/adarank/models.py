@@ -168,3 +168,97 @@ def freeze_all_but_heads(model: nn.Module, head_modules) -> list[str]:
 
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# -- DeBERTa's positional query and the adapters (issue 13 §1, docs/baselines.md P1) ----------------
+#: what the reference codes do, per task kind: their GLUE modeling files (AdaLoRA's and IncreLoRA's
+#: ``NLU/.../modeling_deberta_v2.py``) compute the positional query of the shared-key disentangled
+#: attention with the frozen linear only, their SQuAD ones (``NLG_QA/...``) through the adapted
+#: module. The positional key goes through the adapted module in both.
+REFERENCE_POSITIONAL_QUERY_ADAPTER = {"glue": False, "squad_v2": True}
+
+
+def positional_query_adapter(model_cfg, task_kind: str) -> bool:
+    """``model.positional_query_adapter``, with null read as the reference codes' choice."""
+    value = model_cfg.get("positional_query_adapter")
+    if value is None:
+        return REFERENCE_POSITIONAL_QUERY_ADAPTER[task_kind]
+    if not isinstance(value, bool):
+        raise ValueError(f"model.positional_query_adapter must be true, false or null, not {value!r}")
+    return value
+
+
+def frozen_linear(module: nn.Module) -> nn.Linear:
+    """The frozen ``nn.Linear`` inside an adapted module (the module itself when not adapted):
+    peft's LoRA/AdaLoRA layers (``get_base_layer()``), IncreLinear and TriAdaptLinear (``.base``)."""
+    if isinstance(module, nn.Linear):
+        return module
+    if callable(getattr(module, "get_base_layer", None)):
+        if getattr(module, "merged", False):
+            raise RuntimeError(
+                f"{type(module).__name__} has its adapter merged into the base weight, so the base "
+                "linear no longer is the frozen weight; unmerge it first"
+            )
+        base = module.get_base_layer()
+    else:
+        base = getattr(module, "base", None)
+    if not isinstance(base, nn.Linear):
+        raise TypeError(f"cannot find the frozen nn.Linear inside {type(module).__name__}")
+    return base
+
+
+_FROZEN_QUERY_CLASSES: dict[type, type] = {}
+
+
+def _frozen_positional_query_class(cls: type) -> type:
+    """A subclass of transformers' ``DisentangledSelfAttention`` whose positional query (the
+    ``query_proj`` call inside ``disentangled_attention_bias``) uses the frozen linear only; the
+    content query, computed in ``forward`` before that call, keeps the adapter."""
+    if cls not in _FROZEN_QUERY_CLASSES:
+
+        def disentangled_attention_bias(self, *args, **kwargs):
+            adapted = self.query_proj
+            frozen = frozen_linear(adapted)
+            if frozen is adapted:
+                return cls.disentangled_attention_bias(self, *args, **kwargs)
+            self._modules["query_proj"] = frozen  # for this call only
+            try:
+                return cls.disentangled_attention_bias(self, *args, **kwargs)
+            finally:
+                self._modules["query_proj"] = adapted
+
+        _FROZEN_QUERY_CLASSES[cls] = type(
+            f"FrozenPositionalQuery{cls.__name__}", (cls,), {"disentangled_attention_bias": disentangled_attention_bias}
+        )
+    return _FROZEN_QUERY_CLASSES[cls]
+
+
+def set_positional_query_adapter(model: nn.Module, through_adapter: bool) -> int:
+    """Route DeBERTaV2/V3's positional query through the adapted ``query_proj`` (transformers'
+    behaviour) or through its frozen linear only (the reference GLUE codes). Works whatever
+    adapter wraps ``query_proj`` (see :func:`frozen_linear`), before or after it is injected.
+    Returns the number of attention modules concerned (those with a shared positional key)."""
+    from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
+
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, DisentangledSelfAttention) or not getattr(module, "share_att_key", False):
+            continue
+        original = next(c for c in type(module).__mro__ if c not in _FROZEN_QUERY_CLASSES.values())
+        module.__class__ = original if through_adapter else _frozen_positional_query_class(original)
+        count += 1
+    return count
+
+
+def apply_positional_query_option(model: nn.Module, model_cfg, task_kind: str) -> bool:
+    """Apply ``model.positional_query_adapter`` (null = the reference codes' choice for the task
+    kind) and return the setting used; an explicit value on a model without DeBERTa's shared-key
+    attention is an error (it would do nothing)."""
+    through_adapter = positional_query_adapter(model_cfg, task_kind)
+    count = set_positional_query_adapter(model, through_adapter)
+    if count == 0 and model_cfg.get("positional_query_adapter") is not None:
+        raise ValueError(
+            "model.positional_query_adapter applies to DeBERTaV2/V3 attention with a shared "
+            "positional key (share_att_key) only; this model has none, leave it null"
+        )
+    return through_adapter

@@ -17,7 +17,7 @@ from adarank import checks, results, schedule_scaling
 from adarank.data import build_task_data
 from adarank.gpu_slots import claim_gpu
 from adarank.methods import method_class
-from adarank.models import load_model, load_tokenizer
+from adarank.models import apply_positional_query_option, load_model, load_tokenizer
 from adarank.tracking import make_tracker
 from adarank.training import checkpoint
 from adarank.training.loop import pick_device, plan_total_steps, train
@@ -90,6 +90,8 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
     threshold_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.threshold), "name": threshold or "none"})
     method = method_class(cfg.method.name)(cfg.method, cfg.task, threshold_cfg, cfg.model)
     model = method.prepare(model)
+    # DeBERTa's positional query: through the adapter or the frozen weight only (docs/baselines.md P1)
+    apply_positional_query_option(model, cfg.model, cfg.task.kind)
     model.to(device)
     log.info(
         "%s / %s on %s: %d optimizer steps, results in %s",

@@ -30,6 +30,8 @@ ONLY: dict[str, tuple[str, ...]] = {
     "task.beta2": ("adalora", "increlora"),
     "task.reg_orth_coef": ("adalora", "increlora", "triadapt"),
     "task.adalora": ("adalora",),
+    # only adapters on query_proj see it (docs/baselines.md P1)
+    "model.positional_query_adapter": LORA_FAMILY,
     # AdaLoRA replaces the task's LR warm-up by task.adalora.warmup_steps / warmup_ratio
     "task.warmup_steps": ("full", "bitfit", "hadapter", "lora", "increlora", "triadapt"),
 }

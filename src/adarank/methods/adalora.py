@@ -7,8 +7,9 @@ every optimizer step t (0-based optimizer-step counter) peft's ``update_and_allo
 * scores rank i of a module as S(E_i) + mean_j S(A_ij) + mean_j S(B_ji) with S = Ī·Ū;
 * keeps the b(t) best triplets (E of the others set to 0) when t % ΔT == 0 in the budget phase,
   with the cubic schedule b(t) = b_T + (b_0 - b_T)(1 - (t - t_init)/(T - t_final - t_init))³
-  (int), b_0 = init_r·M, b_T = target_r·M; at t = T - t_final the final mask (b_T) is forced and
-  then re-applied every step.
+  (int), b_0 = init_r·M, b_T = target_r·M; the final mask (b_T) is forced at the official code's
+  first b_T mask, t = T - t_final when that is a multiple of ΔT, else T - t_final + 1
+  (:func:`final_mask_step`; peft alone forces it at T - t_final), and then re-applied every step.
 
 Settings (methods.md §2.3 verdict): init_r = task.adalora.init_rank (12), target_r = the task's
 reference rank (8), t_init/t_final/ΔT = task.adalora.*, β1 = β2 = task beta1/beta2 (0.85),
@@ -34,6 +35,14 @@ from adarank.methods.increlora.layer import gram_orth_penalty
 from adarank.methods.lora import peft_targets
 
 ADAPTER = "default"
+
+
+def final_mask_step(total_steps: int, t_final: int, delta_t: int) -> int:
+    """The step of the official code's first b_T mask (docs/baselines.md B6): T - t_final when it
+    is a masking step (a multiple of ΔT, where the cubic budget is b_T), otherwise the first step
+    after it, from which on the official code masks to b_T at every step with frozen scores."""
+    final = total_steps - t_final
+    return final if final % delta_t == 0 else final + 1
 
 
 class AdaLoRA(Method):
@@ -62,6 +71,12 @@ class AdaLoRA(Method):
             )
         if int(ada.mask_interval) < 1:
             raise ValueError(f"task.adalora.mask_interval must be >= 1, got {ada.mask_interval}")
+        if final_mask_step(total_steps, t_final, int(ada.mask_interval)) >= total_steps:
+            raise ValueError(
+                f"the final mask never runs: T - t_final = {total_steps - t_final} is not a multiple of "
+                f"task.adalora.mask_interval={ada.mask_interval} and no step follows it (the official "
+                "code masks to the target at the first step after it); raise task.adalora.final_warmup"
+            )
         if int(ada.init_rank) <= int(task_cfg.reference_rank):
             raise ValueError(
                 f"the initial rank ({ada.init_rank}) must exceed the target rank "
@@ -166,14 +181,24 @@ class AdaLoRA(Method):
                 f"({ctx.total_steps}): call set_total_steps(T) before training"
             )
         step, final = ctx.step, config.total_step - config.tfinal
+        first_final = final_mask_step(config.total_step, config.tfinal, config.deltaT)
         allocator = self.tuner.rankallocator
         if step < final:
             budget, masking = allocator.budget_schedule(step)
+            self.tuner.update_and_allocate(step)
+        elif step < first_final:
+            # t = T - t_final but not a multiple of ΔT: the official code neither updates the
+            # scores (t >= T - t_final) nor masks here, peft would force its final mask now
+            budget, masking = allocator.target_bgt, False
+        elif step == first_final:
+            # peft's forced final mask (b_T, scores of the last update), one step late when needed
+            budget, masking = allocator.target_bgt, True
+            self.tuner.update_and_allocate(final)
         else:
-            budget, masking = allocator.target_bgt, step == final
-        self.tuner.update_and_allocate(step)
+            budget, masking = allocator.target_bgt, False
+            self.tuner.update_and_allocate(step)  # re-applies the stored final pattern
         if masking:
-            self._log_mask(step, budget, allocator.init_bgt, final=step == final)
+            self._log_mask(step, budget, allocator.init_bgt, final=step == first_final)
         self.allocation_seconds += time.perf_counter() - start
 
     def _log_mask(self, step: int, budget: int, init_budget: int, final: bool) -> None:
