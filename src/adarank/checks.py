@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from adarank import validation
 from adarank.methods import REGISTRY, method_class
 from adarank.models import SOURCES
 from adarank.schedule_scaling import SCHEDULES
@@ -24,6 +25,11 @@ class ConfigError(ValueError):
 def check_static(cfg) -> str | None:
     """Check everything knowable from the config alone; return the threshold the method runs with
     (None for methods that do not grow ranks)."""
+    try:
+        validation.check_known_keys(cfg)
+        validation.check_values(cfg)
+    except validation.ValueProblem as err:
+        raise ConfigError(str(err)) from None
     _one_of("task", cfg.task.name, TASKS)
     _one_of("method", cfg.method.name, tuple(sorted(REGISTRY)))
     _one_of("threshold", cfg.threshold.name, THRESHOLDS)
@@ -40,11 +46,12 @@ def check_static(cfg) -> str | None:
         )
     for key in ("max_steps", "epochs", "eval_interval", "max_train_samples", "max_eval_samples", "num_threads"):
         value = cfg.train.get(key)
-        if value is not None and (not isinstance(value, int) or value < 1):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"train.{key} must be a positive integer or null, got {value!r}")
     if cfg.data.dir and not os.path.isdir(cfg.data.dir):
+        what = "is a file, not a folder" if os.path.exists(cfg.data.dir) else "does not exist"
         raise ConfigError(
-            f"data.dir={cfg.data.dir} does not exist; point it at a local GLUE folder "
+            f"data.dir={cfg.data.dir} {what}; point it at a local GLUE folder "
             "(TASK/train.tsv, TASK/dev.tsv) or a SQuAD 2.0 folder, or leave it null to use the hub"
         )
     if cfg.data.dir:

@@ -9,6 +9,7 @@ import platform
 import re
 import shutil
 import subprocess
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -101,13 +102,18 @@ def prepare_folder(folder: Path) -> None:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=False, default=_jsonable)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Write to a temporary file in the same folder, then rename: readers never see half a file.
+    The temporary name is unique per process and call, so two writers never share it."""
+    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            json.dump(obj, handle, indent=2, sort_keys=False, default=_jsonable)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
 
 
 def write_jsonl(path: Path, rows) -> None:
@@ -176,6 +182,8 @@ def validate_run_folder(folder: Path) -> list[str]:
         return problems
     metrics = json.loads((folder / METRICS_FILE).read_text())
     problems += [f"metrics.json lacks {k}" for k in REQUIRED_METRICS_KEYS if k not in metrics]
+    if metrics.get("status") == "diverged":  # no evaluation: where and how the loss broke instead
+        return problems + [f"diverged lacks {k}" for k in ("step", "last_finite_loss") if k not in metrics.get("diverged", {})]
     problems += [f"costs lack {k}" for k in REQUIRED_COSTS if k not in metrics.get("costs", {})]
     primary = metrics.get("primary_metric")
     for which in ("best", "final"):

@@ -13,14 +13,14 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from adarank import checks, results, schedule_scaling
-from adarank.data import build_task_data
+from adarank import checks, results, run_folder, schedule_scaling
+from adarank.data import build_task_data, fingerprint
 from adarank.gpu_slots import claim_gpu
 from adarank.methods import method_class
 from adarank.models import apply_positional_query_option, load_model, load_tokenizer
 from adarank.tracking import make_tracker
 from adarank.training import checkpoint
-from adarank.training.loop import pick_device, plan_total_steps, train
+from adarank.training.loop import Diverged, TrainResult, pick_device, plan_total_steps, train
 
 log = logging.getLogger("adarank")
 
@@ -36,14 +36,33 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
     folder = results.run_dir(cfg, threshold, overrides or [])
     done = results.find_complete(folder)
     if done is not None and not cfg.force:
-        log.info("skipping %s: metrics.json exists (force=true reruns it)", done)
-        return json.loads((done / results.METRICS_FILE).read_text())
+        return _skip(cfg, done)
+    # locked while this process trains; force=true trains in a sibling that replaces the folder
+    # only once complete (run_folder.py)
+    with run_folder.claim(folder, bool(cfg.force)) as work:
+        done = None if cfg.force else results.find_complete(folder)  # finished while we waited
+        return _skip(cfg, done) if done is not None else _run_claimed(cfg, threshold, work, wall_start)
 
+
+def _skip(cfg, done) -> dict:
+    metrics = json.loads((done / results.METRICS_FILE).read_text())
+    changed = fingerprint.changed_files((metrics.get("data") or {}).get("fingerprint"), cfg.task, cfg.data.dir)
+    if changed:
+        raise checks.ConfigError(
+            f"{done} was trained on other data: {', '.join(changed)} changed since; force=true "
+            "retrains it on the current data (the old result stays until the new one is complete)"
+        )
+    log.info("skipping %s: metrics.json exists with status %s (force=true reruns it)", done, metrics.get("status"))
+    return run_folder.Skipped(metrics)
+
+
+def _run_claimed(cfg, threshold, folder, wall_start) -> dict:
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
     _seed_everything(int(cfg.seed))
     tokenizer = load_tokenizer(cfg.model, cfg.data.cache_dir)
     task_data = build_task_data(cfg.task, cfg.data, cfg.train, tokenizer)
+    task_data.info["fingerprint"] = fingerprint.of_run(cfg, task_data.info)
     epochs = cfg.train.epochs or cfg.task.epochs
     total_steps = plan_total_steps(len(task_data.train_dataset), cfg.task.batch_size, epochs, cfg.train.max_steps)
     schedule = _resolve_schedule(cfg, total_steps, task_data.info)
@@ -77,9 +96,10 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
     baseline = metrics["data"].get("trivial_baseline", {}).get(primary)
     if baseline is not None:
         log.info("trivial baseline (a constant prediction): %s %.2f", primary, baseline)
-    log.info("%s: best %s %.2f, final %.2f; wall %.1f s, final total rank %s, trainable params %s",
-             folder, primary, metrics["best"][primary], metrics["final"][primary], metrics["costs"]["wall_seconds"],
-             metrics["rank"].get("total_rank", "-"), metrics["costs"]["trainable_params_end"])
+    if metrics["status"] == "completed":
+        log.info("%s: best %s %.2f, final %.2f; wall %.1f s, final total rank %s, trainable params %s",
+                 folder, primary, metrics["best"][primary], metrics["final"][primary], metrics["costs"]["wall_seconds"],
+                 metrics["rank"].get("total_rank", "-"), metrics["costs"]["trainable_params_end"])
     return metrics
 
 
@@ -98,17 +118,24 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
         cfg.task.name, results.method_label(cfg.method.name, threshold), cfg.model.name, total_steps, folder,
     )
     # resuming: the loop truncates the log to the checkpoint's offset and appends
+    diverged = None
     with open(folder / "train_log.jsonl", "a" if checkpointer.resume else "w") as train_log:
-        outcome = train(model, method, task_data, cfg, total_steps, train_log, tracker, device, checkpointer)
+        try:
+            outcome = train(model, method, task_data, cfg, total_steps, train_log, tracker, device, checkpointer)
+        except Diverged as err:  # a result too: not retried by a resumed sweep (force=true retries)
+            log.warning("%s: %s; recorded as status diverged", folder, err)
+            diverged = {"step": err.step, "loss": str(err.loss), "last_finite_loss": err.last_finite_loss}
+            outcome = TrainResult(costs={"optimizer_steps": err.step})
     # e.g. DyLoRA's evaluation at every rank: methods add whole-dev evaluations after the final one
-    extra_evaluations = method.final_evaluations(model, lambda: task_data.evaluate(model, device, final=True))
+    extra_evaluations = {} if diverged else method.final_evaluations(model, lambda: task_data.evaluate(model, device, final=True))
     results.write_json_atomic(folder / "rank_pattern.json", method.rank_pattern(model) or {})
     results.write_jsonl(folder / "growth_log.jsonl", method.growth_log)  # the loop sent each event live
     if cfg.results.save_adapter:
         method.save_adapter(model, str(folder / "adapter"))
     return {
         "schema_version": results.SCHEMA_VERSION,
-        "status": "completed",
+        "status": "diverged" if diverged else "completed",
+        **({"diverged": diverged} if diverged else {}),
         "task": cfg.task.name,
         "method": cfg.method.name,
         "threshold": threshold,

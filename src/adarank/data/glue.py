@@ -70,6 +70,7 @@ class GlueDataError(ValueError):
 class Examples:
     texts: list  # list of tuples (sentence,) or (sentence_a, sentence_b)
     labels: list
+    fingerprint: str | None = None  # the hub split's datasets fingerprint (data/fingerprint.py)
 
 
 def local_files(task_cfg, data_dir: str) -> dict[str, str]:
@@ -93,13 +94,18 @@ def check_local_files(task_cfg, data_dir: str) -> None:
         )
 
 
-def read_tsv(path: str, layout: TsvLayout) -> Examples:
-    """Read one GLUE TSV file into texts and labels."""
+def read_tsv(path: str, layout: TsvLayout, num_labels: int | None = None) -> Examples:
+    """Read one GLUE TSV file into texts and labels; every problem is a GlueDataError naming the
+    file (and line): empty file, no example, bytes that are not UTF-8, a label outside the task's
+    classes (``num_labels``) or an STS-B score outside [0, 5]."""
+    _check_utf8(path)
     texts, labels = [], []
     with open(path, encoding="utf-8-sig", newline="") as handle:
         rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         if layout.header:
-            header = next(rows)
+            header = next(rows, None)
+            if header is None:
+                raise GlueDataError(f"{path} is empty; expected a header line and one example per line")
             try:
                 text_idx = [header.index(c) for c in layout.text_columns]
                 label_idx = len(header) - 1 if layout.label_column == "score" else header.index(layout.label_column)
@@ -116,25 +122,48 @@ def read_tsv(path: str, layout: TsvLayout) -> Examples:
             if len(row) < width:
                 raise GlueDataError(f"{path}:{lineno}: expected {width} tab-separated fields, got {len(row)}")
             texts.append(tuple(row[i] for i in text_idx))
-            labels.append(_parse_label(row[label_idx], layout, path, lineno))
+            labels.append(_parse_label(row[label_idx], layout, path, lineno, num_labels))
+    if not texts:
+        raise GlueDataError(f"{path} holds no example" + (" (only a header line)" if layout.header else ""))
     return Examples(texts, labels)
 
 
-def _parse_label(raw: str, layout: TsvLayout, path: str, lineno: int):
+def _check_utf8(path: str) -> None:
+    with open(path, "rb") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise GlueDataError(
+                    f"{path}:{lineno}: not UTF-8 text (byte {line[err.start]:#04x} at column {err.start + 1})"
+                ) from None
+
+
+def _parse_label(raw: str, layout: TsvLayout, path: str, lineno: int, num_labels: int | None = None):
     try:
         if layout.label_names is not None:
             return layout.label_names.index(raw)
         if layout.label_column == "score":
-            return float(raw)
-        return int(raw)
+            value = float(raw)
+        else:
+            value = int(raw)
     except ValueError as err:
         raise GlueDataError(f"{path}:{lineno}: unreadable label {raw!r}") from err
+    if layout.label_column == "score":
+        if not 0.0 <= value <= 5.0:  # also refuses nan
+            raise GlueDataError(f"{path}:{lineno}: similarity score {raw!r} outside [0, 5]")
+    elif num_labels is not None and not 0 <= value < num_labels:
+        raise GlueDataError(f"{path}:{lineno}: label {raw!r} is not a class id of this task (0..{num_labels - 1})")
+    return value
 
 
 def load_local(task_cfg, data_dir: str) -> dict[str, Examples]:
     check_local_files(task_cfg, data_dir)
     layout = TSV_LAYOUTS[task_cfg.name]
-    return {split: read_tsv(path, layout) for split, path in local_files(task_cfg, data_dir).items()}
+    return {
+        split: read_tsv(path, layout, int(task_cfg.num_labels) if task_cfg.num_labels > 1 else None)
+        for split, path in local_files(task_cfg, data_dir).items()
+    }
 
 
 def load_hub(task_cfg, cache_dir=None) -> dict[str, Examples]:
@@ -153,7 +182,7 @@ def load_hub(task_cfg, cache_dir=None) -> dict[str, Examples]:
     out = {}
     for split in ["train", *task_cfg.eval_splits]:
         rows = dataset[split]
-        out[split] = Examples(list(zip(*(rows[f] for f in fields))), list(rows["label"]))
+        out[split] = Examples(list(zip(*(rows[f] for f in fields))), list(rows["label"]), getattr(rows, "_fingerprint", None))
     return out
 
 
@@ -216,7 +245,7 @@ def load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
     regression = task_cfg.num_labels == 1
     full_train_size = len(raw["train"].labels)
     if train_cfg.max_train_samples:
-        raw["train"] = Examples(raw["train"].texts[: train_cfg.max_train_samples], raw["train"].labels[: train_cfg.max_train_samples])
+        raw["train"] = Examples(raw["train"].texts[: train_cfg.max_train_samples], raw["train"].labels[: train_cfg.max_train_samples], raw["train"].fingerprint)
     eval_sets = {}
     for split in task_cfg.eval_splits:
         examples = raw[split]
@@ -240,6 +269,7 @@ def load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
         "train_examples": len(train),
         "full_train_size": full_train_size,  # before max_train_samples: sets train.schedule=scaled's T_paper
         **{f"{s}_examples": len(d) for s, d in eval_sets.items()},
+        **({} if data_cfg.dir else {"hub_fingerprint": {split: ex.fingerprint for split, ex in raw.items()}}),
     }
     dev_labels = raw[task_cfg.eval_splits[0]].labels
     majority = _majority_baseline(task_cfg, dev_labels, regression)

@@ -68,6 +68,7 @@ class SquadExamples:
     questions: list[str] = field(default_factory=list)
     contexts: list[str] = field(default_factory=list)
     answers: list[dict] = field(default_factory=list)  # {"text": [...], "answer_start": [...]}
+    fingerprint: str | None = None  # the hub split's datasets fingerprint (data/fingerprint.py)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -90,6 +91,8 @@ def read_squad_json(path: str) -> SquadExamples:
     try:
         with open(path, encoding="utf-8") as handle:
             articles = json.load(handle)["data"]
+    except UnicodeDecodeError as err:
+        raise SquadDataError(f"{path}: not UTF-8 text (byte offset {err.start})") from None
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise SquadDataError(f"{path} is not a SQuAD JSON file ({type(err).__name__}: {err})") from err
     examples = SquadExamples()
@@ -104,6 +107,8 @@ def read_squad_json(path: str) -> SquadExamples:
                 examples.answers.append(
                     {"text": [a["text"] for a in golds], "answer_start": [int(a["answer_start"]) for a in golds]}
                 )
+    if not examples.ids:
+        raise SquadDataError(f"{path} holds no question")
     return examples
 
 
@@ -146,7 +151,8 @@ def load_hub(task_cfg, cache_dir=None) -> dict[str, SquadExamples]:
             {"text": list(a["text"]), "answer_start": [int(s) for s in a["answer_start"]]}
             for a in rows["answers"]
         ]
-        out[split] = SquadExamples(list(rows["id"]), list(rows["question"]), list(rows["context"]), answers)
+        out[split] = SquadExamples(list(rows["id"]), list(rows["question"]), list(rows["context"]), answers,
+                                   getattr(rows, "_fingerprint", None))
     return out
 
 
@@ -454,6 +460,8 @@ def load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
         "validation_features": len(dev_windows),
         "train_no_answer_windows": sum(1 for s, c in zip(train_windows.start, train_windows.cls_index) if s == c),
     }
+    if not data_cfg.get("dir"):
+        info["hub_fingerprint"] = {split: examples.fingerprint for split, examples in raw.items()}
     return TaskData(
         train_dataset=WindowDataset(train_windows, with_labels=True),
         collate=collate,

@@ -39,6 +39,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class Diverged(FloatingPointError):
+    """The training loss became NaN or infinite: the run ends as ``status: diverged``."""
+
+    def __init__(self, step: int, loss: float, last_finite_loss: float | None):
+        super().__init__(f"loss became {loss} at step {step} (last finite loss {last_finite_loss})")
+        self.step, self.loss, self.last_finite_loss = step, loss, last_finite_loss
+
+
 @dataclass
 class TrainResult:
     best: dict = field(default_factory=dict)
@@ -183,6 +191,7 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
     events = LiveEvents(method, tracker, progress.note, write)
 
     start = time.perf_counter()
+    last_finite_loss = None
     model.train()
     with checkpointer:
         while step < total_steps:
@@ -210,7 +219,8 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
 
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss became {loss_value} at step {step}")
+                    raise Diverged(step, loss_value, last_finite_loss)
+                last_finite_loss = loss_value
                 progress.update(step, loss_value, lr)
                 if step % int(tcfg.log_interval) == 0 or step == 1:
                     record = {"step": step, "loss": loss_value, "lr": lr}
