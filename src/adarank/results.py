@@ -175,6 +175,36 @@ REQUIRED_COSTS = (
 RUN_FILES = ("metrics.json", "config.yaml", "train_log.jsonl", "rank_pattern.json", "growth_log.jsonl")
 
 
+STATUSES = ("completed", "diverged")
+FIELD_TYPES = {"task": str, "method": str, "model": str, "primary_metric": str, "best": dict, "final": dict,
+               "costs": dict, "config": dict}
+
+
+def metrics_problems(metrics) -> list[str]:
+    """Why a parsed metrics.json cannot be read as a run (empty list: it can). ``make tables``
+    skips such files; a finished run of this harness never has any."""
+    import math
+
+    if not isinstance(metrics, dict):
+        return [f"not a JSON object but {type(metrics).__name__}"]
+    problems = [f"lacks {k}" for k in REQUIRED_METRICS_KEYS if k not in metrics]
+    if problems:
+        return problems  # a foreign schema
+    if metrics["status"] not in STATUSES:
+        problems.append(f"status {metrics['status']!r} is none of {', '.join(STATUSES)}")
+    problems += [f"{k} is {type(metrics[k]).__name__}, not {t.__name__}" for k, t in FIELD_TYPES.items()
+                 if not isinstance(metrics[k], t)]
+    if not isinstance(metrics["seed"], int) or isinstance(metrics["seed"], bool):
+        problems.append(f"seed {metrics['seed']!r} is not an integer")
+    if problems or metrics["status"] != "completed":
+        return problems
+    for which in ("best", "final"):
+        value = metrics[which].get(metrics["primary_metric"])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"{which}.{metrics['primary_metric']} is {value!r}, not a finite number")
+    return problems
+
+
 def validate_run_folder(folder: Path) -> list[str]:
     """Problems with a finished run folder (empty list = complete and schema-valid)."""
     problems = [f"missing {name}" for name in RUN_FILES if not (folder / name).is_file()]

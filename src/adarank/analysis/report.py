@@ -52,6 +52,9 @@ class Report:
             lines.append(f"{name}: {filled}/{len(cells)} cells with runs" + (f", {len(left)} run(s) left out" if len(left) else ""))
             for reason, count in left["reason"].value_counts().items():
                 lines.append(f"  {count} left out: {reason}")
+        every = self.left_out[self.left_out["table"] == "all"]
+        for reason, count in every["reason"].value_counts().items():
+            lines.append(f"{count} run(s) left out of every table: {reason}")
         lines.append(f"figures: {len(self.figures)}")
         lines += [f"  {note}" for note in self.notes]
         if not self.left_out.empty:
@@ -80,7 +83,7 @@ def build_report(results: str | Path, conf_dir: str | Path | None = None, setup:
                                "reason": reason, "run_dir": run_dir} for run_dir, reason in dropped],
                              columns=LEFT_OUT_COLUMNS))
     left = [frame for frame in left if not frame.empty]
-    shown_runs = runs[runs["setup"].isin(shown)]
+    shown_runs = runs[runs["setup"].isin(shown) & (runs["status"] == "completed")]  # no costs of diverged runs
     return Report(runs=runs, tables=built, costs=cost_table.build_costs(shown_runs), setups=shown,
                   all_setups=all_setups,
                   left_out=pd.concat(left, ignore_index=True) if left else pd.DataFrame(columns=LEFT_OUT_COLUMNS))
@@ -106,7 +109,7 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
         _write_csv(out / "runs.csv", report.runs.drop(columns=["best", "final", "identity"])),
         _write_csv(out / "left_out.csv", report.left_out),
     ]
-    shown = report.runs[report.runs["setup"].isin(report.setups)]
+    shown = report.runs[report.runs["setup"].isin(report.setups) & (report.runs["status"] == "completed")]
     drawn = figures.figure2(shown, figure_dir)
     if not drawn:
         report.notes.append(figures.figure2_note(report.runs, report.setups))

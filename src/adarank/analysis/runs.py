@@ -18,7 +18,10 @@ run of a setup has a swept hyperparameter at its default (every growing run of a
 says so (``settle_axes``).
 
 Folders without a metrics.json (interrupted runs) are ignored; ``load_runs(..., dropped=list)``
-collects the finished runs it left out (older duplicates) with the reason.
+collects the finished runs it left out (older duplicates) with the reason. Runs with ``status:
+diverged`` are rows without a score (the tables print "diverged"). A metrics.json that cannot be
+read as a run (not UTF-8, not JSON, not an object, a foreign schema, a wrong-typed field, a NaN
+score: ``results.metrics_problems``) is skipped with a warning and goes to ``dropped`` too.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import pandas as pd
 from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.paper import load_paper
 from adarank.analysis.relevance import matters
-from adarank.results import NON_SEMANTIC_KEYS
+from adarank.results import NON_SEMANTIC_KEYS, metrics_problems
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,14 @@ def arm_name(method: str, threshold: str | None) -> str:
     return method
 
 
+BAD_FILE = "metrics.json unreadable or not a run of this harness (see the warnings)"
+
+
 def find_metrics(root: Path) -> list[Path]:
-    return sorted(Path(root).rglob(METRICS_FILE))
+    """Every metrics.json under ``root``, except in hidden folders (a forced rerun's staging
+    folder, see run_folder.py)."""
+    root = Path(root)
+    return sorted(p for p in root.rglob(METRICS_FILE) if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def load_runs(root: str | Path, defaults: DefaultConfigs | None = None, dropped: list | None = None) -> pd.DataFrame:
@@ -86,15 +95,18 @@ def load_runs(root: str | Path, defaults: DefaultConfigs | None = None, dropped:
     rows = []
     for path in paths:
         try:
-            metrics = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            log.warning("skipping unreadable %s: %s", path, err)
+            metrics = json.loads(path.read_bytes().decode("utf-8"))
+            problems = metrics_problems(metrics)
+        except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            problems = [f"unreadable ({type(err).__name__}: {err})"]
+        if problems:
+            log.warning("skipping %s: %s", path, "; ".join(problems))
+            if dropped is not None:
+                dropped.append((str(path.parent), BAD_FILE))
             continue
-        if metrics.get("status", "completed") != "completed":
-            continue
-        rows.append(run_record(path.parent, metrics, defaults))
+        rows.append({**run_record(path.parent, metrics, defaults), "status": metrics["status"]})
     if not rows:
-        raise NoResultsError(f"no completed run under {root} (every {METRICS_FILE} was unreadable)")
+        raise NoResultsError(f"no readable run under {root} (every {METRICS_FILE} was skipped, see the warnings)")
     frame = settle_axes(pd.DataFrame(rows))
     return deduplicate(frame, dropped)
 

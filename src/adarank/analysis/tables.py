@@ -151,7 +151,7 @@ def _build_for_setup(runs: pd.DataFrame, table: str, setup: str) -> pd.DataFrame
             if picked is None:
                 cells[(row.key, column)] = _best_of(cells, row.best_of, column)
             else:
-                cells[(row.key, column)] = _stats(_values(picked, column, squad))
+                cells[(row.key, column)] = {**_stats(_values(picked, column, squad)), "diverged": _diverged(picked, column, squad)}
     for row in rows:
         for column in columns:
             cell = cells[(row.key, column)]
@@ -177,6 +177,13 @@ def _values(picked: pd.DataFrame, column: str, squad: bool) -> list[float]:
                 values.append(float(best[alias]))
                 break
     return values
+
+
+def _diverged(picked: pd.DataFrame, column: str, squad: bool) -> int:
+    """Runs of the cell whose loss became NaN/inf (metrics.json status diverged)."""
+    if "status" not in picked:
+        return 0
+    return int(((picked["status"] == "diverged") & (squad or picked["task"] == column)).sum())
 
 
 def _stats(values: list[float]) -> dict:
@@ -207,6 +214,7 @@ def _record(table, setup, row: RowSpec, column, cell, paper, paper_std) -> dict:
         "mean": cell["mean"],
         "std": cell["std"],
         "n": cell["n"],
+        "diverged": cell.get("diverged", 0),
         "picked": cell["picked"],
         "paper": paper,
         "paper_std": paper_std,
@@ -236,11 +244,13 @@ def cell_text(rec: dict, latex: bool = False) -> str:
     if rec["column"] == AVG:
         ours = f"{rec['mean']:.2f} ({rec['n']:.0f}/8 tasks)" if rec["mean"] is not None else f"missing ({rec['n']:.0f}/8 tasks)"
     elif rec["mean"] is None:
-        ours = f"missing (0/{EXPECTED_SEEDS} seeds)"
+        diverged = rec.get("diverged") or 0
+        ours = f"diverged ({diverged:.0f}/{EXPECTED_SEEDS} seeds)" if diverged else f"missing (0/{EXPECTED_SEEDS} seeds)"
     else:
         spread = f" {pm} {rec['std']:.2f}" if rec["std"] is not None else ""
         pick = f" [{'L' if rec['picked'].endswith('_linear') else 'N'}]" if rec["picked"] else ""
-        ours = f"{rec['mean']:.2f}{spread} (n={rec['n']:.0f}){pick}"
+        diverged = f", {rec['diverged']:.0f} diverged" if rec.get("diverged") else ""
+        ours = f"{rec['mean']:.2f}{spread} (n={rec['n']:.0f}{diverged}){pick}"
     if rec["paper"] is None:
         return f"{ours}; paper –"
     paper = f"{rec['paper']:.2f}" + (f" {pm} {rec['paper_std']:.1f}" if rec["paper_std"] is not None else "")
