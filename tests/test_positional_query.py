@@ -168,3 +168,37 @@ def test_every_paper_sweep_states_the_reference_setting():
         assert raw.train.optimizer == "adamw_legacy", name
         kind = "squad_v2" if raw.hydra.sweeper.params.task == "squad_v2" else "glue"
         assert raw.model.positional_query_adapter is REFERENCE_POSITIONAL_QUERY_ADAPTER[kind], name
+
+
+@pytest.mark.parametrize("through_adapter", [False, True])
+def test_increlora_scores_keep_the_content_calls_partial_gradient(through_adapter):
+    # DeBERTa calls key_proj (and, with the adapter on the positional query, query_proj) twice per
+    # layer; each call's backward hook overwrites the score, and the content call's runs last, as
+    # in the official code's per-call hook on loraW (docs/baselines.md C3)
+    model, _ = build("increlora", "fixed")
+    model = model.float().train()
+    set_positional_query_adapter(model, through_adapter)
+    layers = {n: m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in ("query_proj", "key_proj")}
+    per_call = {name: [] for name in layers}
+    for name, layer in layers.items():
+        make = layer._make_score_hook
+
+        def recording(xd, layer=layer, make=make, calls=per_call[name]):
+            index = len(calls)
+            calls.append(None)
+            hook = make(xd)
+
+            def record(grad):
+                hook(grad)
+                calls[index] = layer.score.clone()
+
+            return record
+
+        layer._make_score_hook = recording
+    model(**batch(), labels=torch.tensor([0, 1])).loss.backward()
+    for name, layer in layers.items():
+        twice = name.endswith("key_proj") or through_adapter
+        assert len(per_call[name]) == (2 if twice else 1), name
+        assert torch.equal(layer.score, per_call[name][0]), name  # call 0 = the content call
+        if twice:
+            assert not torch.equal(per_call[name][0], per_call[name][1]), name

@@ -18,6 +18,12 @@ Importance (official ``SVDLinear.backward_hook``): for every backward pass while
 where ∂L/∂ΔW = Gᵀ dropout(x), G = ∂L/∂y over all tokens. The official code materialises the dense
 ΔW in the forward pass to hook it; we keep the low-rank forward and form Gᵀ dropout(x) in a hook
 on the adapter output, which is the same quantity (and costs nothing once scoring stops).
+
+A module called twice in one forward pass (DeBERTaV3's ``key_proj``: content and positional key;
+``query_proj`` too when the positional query goes through the adapter, model option
+``positional_query_adapter``) gets one hook per call; each overwrites ``score`` and the content
+call's runs last, so the score is that of the content call's partial gradient only, as in the
+official code, whose hook on ``loraW`` also fires once per call (docs/baselines.md C3).
 """
 
 from __future__ import annotations
