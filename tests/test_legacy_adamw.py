@@ -101,3 +101,21 @@ def test_an_unknown_optimizer_is_a_config_error():
     assert compose([]).train.optimizer == "adamw_legacy"  # the reference codes' optimizer
     with pytest.raises(ConfigError, match="adamw_torch"):
         check_static(compose(["train.optimizer=adam"]))
+
+
+def test_the_training_loop_builds_the_configured_optimizer(make_cfg, monkeypatch):
+    from adarank.run import run
+    from adarank.training import loop
+
+    built = []
+    real = loop.build_optimizer
+
+    def recording(groups, lr, name):
+        built.append(name)
+        return real(groups, lr, name)
+
+    monkeypatch.setattr(loop, "build_optimizer", recording)
+    for name in ("adamw_torch", "adamw_legacy"):
+        cfg, overrides = make_cfg(["method=bitfit", "train.max_steps=1", f"train.optimizer={name}"])
+        run(cfg, overrides)
+    assert built == ["adamw_torch", "adamw_legacy"]
