@@ -43,6 +43,8 @@ CASES = {
     "hadapter": (["method=hadapter"], 4, 10),
     "lora": (["method=lora"], 4, 10),
     "dylora": (["method=dylora"], 4, 10),
+    # allocation rounds at steps 5 and 7 (40 rows after 8 held out: 5 steps per epoch, K1 = 5, K2 = 2)
+    "alora": (["method=alora", "method.val_examples=8", "method.rounds=2", "method.k2_epochs=0.4"], 6, 10),
     "adalora": (["method=adalora", "task.adalora.init_warmup=2", "task.adalora.final_warmup=4",
                  "task.adalora.mask_interval=2", "task.adalora.warmup_steps=2"], 6, 12),
     "increlora": (["method=increlora", *GROWTH], 4, 12),

@@ -15,7 +15,7 @@ from adarank.gpu_slots import acquire_slot, claim_gpu, try_lock
 from tests.conftest import CONF_DIR, REPO
 
 EXPECTED_JOBS = {
-    "table1": 8 * 10 * 3,  # 8 GLUE tasks x (9 paper arms + DyLoRA) x 3 seeds
+    "table1": 8 * 11 * 3,  # 8 GLUE tasks x (9 paper arms + DyLoRA + ALoRA) x 3 seeds
     "table2": 8 * 2 * 3,   # orth_reg on / off
     "table3": 8 * 3 * 3,   # norm r / sqrt_r / none
     "table4": 7 * 3,       # SQuAD 2.0 x 7 arms
@@ -41,7 +41,7 @@ def test_sweep_expands_to_the_intended_jobs(name, count):
 
 def test_command_line_narrows_a_sweep():
     jobs = sweep_jobs("table1", ["task=rte", "seed=0"])
-    assert len(jobs) == 10
+    assert len(jobs) == 11
     assert all(key_values(job)["task"] == "rte" for job in jobs)
 
 
@@ -81,7 +81,7 @@ def test_every_kind_of_job_composes(name):
 def test_table1_covers_the_nine_method_threshold_pairs_and_the_extra_methods():
     pairs = {key_values(job)["+sweep/arm"] for job in sweep_jobs("table1")}
     assert pairs == {"full", "bitfit", "hadapter", "lora", "adalora", "increlora",
-                     "triadapt_fixed", "triadapt_linear", "triadapt_nonlinear", "dylora"}
+                     "triadapt_fixed", "triadapt_linear", "triadapt_nonlinear", "dylora", "alora"}
 
 
 # --- launchers -----------------------------------------------------------------------------------

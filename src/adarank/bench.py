@@ -70,6 +70,8 @@ METHODS = {
     "triadapt-fixed": ("triadapt", "fixed"),
     "triadapt-linear": ("triadapt", "linear"),
     "triadapt-nonlinear": ("triadapt", "nonlinear"),
+    "dylora": ("dylora", "none"),
+    "alora": ("alora", "none"),
     # TriAdaptLoRA-fixed with the straightforward storage (4 parameters per block and module,
     # no fast paths): the oracle of tests/test_triadapt_fast.py, to see what the fast paths buy
     "triadapt-plain": ("triadapt", "fixed"),
@@ -171,9 +173,21 @@ def compose_cfg(bc: BenchConfig, label: str, device: torch.device):
     ]
     modules = num_adapted_modules(PRESETS[bc.preset].get("num_layers", None) or None)
     overrides.append(f"task.top_h={bc.top_h or modules}")
+    if registry_name == "alora":
+        overrides += alora_overrides(bc)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     return cfg, registry_name, threshold
+
+
+def alora_overrides(bc: BenchConfig) -> list[str]:
+    """ALoRA's rounds on the bench's growth clock: 2 batches held out as B_val (so that every
+    training batch stays full), the first round at the end of the warm-up, then one every
+    interval, as many as the timed window holds (at most the paper's 8)."""
+    epoch = bc.total_steps  # build_runner adds the held-out rows: the rest is one epoch of full batches
+    rounds = min(8, max(1, (bc.steps - 1) // bc.growth_interval))
+    return [f"method.val_examples={2 * bc.batch}", f"method.k1_epochs={max(1, bc.warmup) / epoch}",
+            f"method.k2_epochs={bc.growth_interval / epoch}", f"method.rounds={rounds}"]
 
 
 def num_adapted_modules(model_cfg_or_layers) -> int:
@@ -322,6 +336,8 @@ def build_runner(bc: BenchConfig, label: str, index: int, device: torch.device) 
     model = method.prepare(model).to(device)
     runner = Runner(label, index, cfg, method, model, device, trainable_start=count_trainable(model))
     data = synthetic_dataset(bc, int(cfg.model.vocab_size), int(cfg.task.num_labels))
+    if registry_name == "alora":  # ALoRA's held-out batch comes on top of the training rows
+        data += data[: 2 * bc.batch]
     return runner, data
 
 
@@ -337,6 +353,8 @@ def run_threads(bc: BenchConfig, runners: list[Runner], datasets: list[list]) ->
         me = runner.index
 
         def collate(features):
+            if len(features) != bc.batch:  # ALoRA's held-out scoring batch, not a training step
+                return stack(features)
             runner._end()
             turns.pass_on(me)
             turns.wait(me)

@@ -71,6 +71,7 @@ def check_schedule(cfg, threshold: str | None, total_steps: int, num_examples: i
     method = method_class(cfg.method.name)
     try:
         method.check_config(cfg.method, cfg.task, threshold or "none", cfg.model, total_steps)
+        method.check_data(cfg.method, cfg.task, total_steps, num_examples)
     except ValueError as err:
         message = str(err)
         if cfg.train.schedule == "paper" and "task." in message:

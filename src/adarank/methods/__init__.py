@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "triadapt": "adarank.methods.triadapt:TriAdaptLoRA",
     "hadapter": "adarank.methods.hadapter:HAdapter",
     "dylora": "adarank.methods.dylora:DyLoRA",
+    "alora": "adarank.methods.alora:ALoRA",
 }
 
 

@@ -83,10 +83,19 @@ class Method:
         ``total_steps`` is the exact number of optimizer steps the run will take.
         """
 
+    @classmethod
+    def check_data(cls, method_cfg, task_cfg, total_steps: int, num_examples: int) -> None:
+        """Like :meth:`check_config`, for checks that need the number of training examples
+        (ALoRA: its held-out batch and its epoch-based round schedule)."""
+
     # -- lifecycle -------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
         """Freeze / inject adapters; return the model to train."""
         return model
+
+    def training_data(self, dataset, collate, seed: int):
+        """The dataset the optimizer steps draw from (ALoRA holds a few examples out of it)."""
+        return dataset
 
     def set_total_steps(self, total_steps: int) -> None:
         """Called once before training with the exact number of optimizer steps."""

@@ -52,7 +52,12 @@ class DyLoRALinear(nn.Module):
 
     @property
     def rank(self) -> int:
-        """The rank the next forward pass uses (training or evaluation)."""
+        """The adapter's rank r_max (every b <= r_max is a prefix of it)."""
+        return self.max_rank
+
+    @property
+    def active_rank(self) -> int:
+        """The rank b the next forward pass uses (training or evaluation)."""
         return self.train_rank if self.training else self.eval_rank
 
     def factors(self, b: int, last_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +75,7 @@ class DyLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
-        b = self.rank
+        b = self.active_rank
         a, bm = self.factors(b, last_only=self.training and self.update == "last")
         xd = self.lora_dropout(x).to(a.dtype)
         update = (xd @ a.t()) @ bm.t() * (self.lora_alpha / b)
@@ -187,7 +192,7 @@ class DyLoRA(Method):
 
     # -- reporting -------------------------------------------------------------------------
     def rank_pattern(self, model: nn.Module) -> dict[str, int]:
-        return {name: layer.max_rank for name, layer in (self.layers or dylora_layers(model)).items()}
+        return {name: layer.rank for name, layer in (self.layers or dylora_layers(model)).items()}
 
     def summary(self, model: nn.Module) -> dict:
         return {**super().summary(model), "max_rank": self.max_rank, "update": self.update,

@@ -135,7 +135,7 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
     eval_interval = int(tcfg.eval_interval or task.eval_interval)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     loader = torch.utils.data.DataLoader(
-        task_data.train_dataset,
+        method.training_data(task_data.train_dataset, task_data.collate, int(cfg.seed)),
         batch_size=int(task.batch_size),
         shuffle=True,
         generator=generator,
