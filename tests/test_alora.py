@@ -261,11 +261,11 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path, monkeypatch):
 @pytest.mark.parametrize("override, message", [
     ("method.val_examples=48", "leave nothing to train on"),
     ("method.rounds=3", "last of the 3 allocation rounds is at optimizer step 9"),
-    ("+method.beta1=0.8", "no option"),
+    ("+method.beta1=0.8", "unknown config key"),
     ("method.new_group_lr=warm", "new_group_lr"),
 ])
-def test_options_are_checked_before_any_folder(make_cfg, override, message):
+def test_options_are_checked_before_any_training(make_cfg, override, message):
     cfg, overrides = make_cfg([*E2E, override])
     with pytest.raises(ConfigError, match=message):
         run(cfg, overrides)
-    assert not Path(cfg.results.root).exists()
+    assert not list(Path(cfg.results.root).rglob("train_log.jsonl"))

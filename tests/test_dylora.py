@@ -117,12 +117,12 @@ def test_save_load_round_trip_gives_identical_logits_at_every_rank(make_cfg, tmp
 
 
 @pytest.mark.parametrize("override, message", [
-    ("+method.rank=3", "no option"),
+    ("+method.rank=3", "unknown config key"),
     ("method.max_rank=0", "max_rank"),
     ("method.update=first", "update"),
 ])
-def test_options_are_checked_before_any_folder(make_cfg, override, message):
+def test_options_are_checked_before_any_training(make_cfg, override, message):
     cfg, overrides = make_cfg(["method=dylora", override])
     with pytest.raises(ConfigError, match=message):
         run(cfg, overrides)
-    assert not Path(cfg.results.root).exists()
+    assert not list(Path(cfg.results.root).rglob("train_log.jsonl"))

@@ -22,7 +22,7 @@ from adarank.models import (
 from tests.conftest import CONF_DIR, compose
 
 LAYERS = 2
-METHODS = [("lora", "none"), ("adalora", "none"), ("increlora", "fixed"), ("triadapt", "linear"), ("dylora", "none")]
+METHODS = [("lora", "none"), ("adalora", "none"), ("increlora", "fixed"), ("triadapt", "linear"), ("dylora", "none"), ("alora", "none")]
 
 
 def attention_modules(model):

@@ -25,7 +25,6 @@ from adarank.training.distributed import refuse_multiprocess
 
 UPDATES = ("last", "all")
 DEFAULTS = {"max_rank": None, "update": "last", "evaluate_every_rank": True}
-METHOD_KEYS = {"name", *DEFAULTS}
 
 
 class DyLoRALinear(nn.Module):
@@ -104,8 +103,7 @@ def set_rank(layers, train_rank: int | None = None, eval_rank: int | None = None
 
 
 def _opt(cfg, key):
-    value = cfg.get(key, None) if cfg is not None else None
-    return DEFAULTS[key] if value is None else value
+    return lowrank.option(cfg, DEFAULTS, key)
 
 
 class DyLoRA(Method):
@@ -113,9 +111,7 @@ class DyLoRA(Method):
 
     @classmethod
     def check_config(cls, method_cfg, task_cfg, threshold, model_cfg, total_steps) -> None:
-        unknown = sorted(set(method_cfg or {}) - METHOD_KEYS)
-        if unknown:
-            raise ValueError(f"method=dylora has no option(s) {unknown}; known: {sorted(METHOD_KEYS)}")
+        lowrank.check_common("dylora", method_cfg, DEFAULTS, task_cfg)
         max_rank = _opt(method_cfg, "max_rank")
         max_rank = int(task_cfg.reference_rank) if max_rank is None else max_rank
         if not isinstance(max_rank, int) or max_rank < 1:
@@ -124,10 +120,6 @@ class DyLoRA(Method):
             raise ValueError(f"method.update must be one of {UPDATES}, not {_opt(method_cfg, 'update')!r}")
         if not isinstance(_opt(method_cfg, "evaluate_every_rank"), bool):
             raise ValueError("method.evaluate_every_rank must be true or false")
-        if not float(task_cfg.alpha) > 0:
-            raise ValueError(f"task.alpha must be > 0, not {task_cfg.alpha}")
-        if not 0 <= float(task_cfg.lora_dropout or 0) < 1:
-            raise ValueError(f"task.lora_dropout must lie in [0, 1), not {task_cfg.lora_dropout}")
 
     def __init__(self, cfg, task_cfg, threshold_cfg, model_cfg):
         super().__init__(cfg, task_cfg, threshold_cfg, model_cfg)

@@ -1,5 +1,6 @@
-"""Pieces shared by the hand-written low-rank adapters: swapping a module in a model (every one),
-LoRA's standard initialisation of A and the adapter folder format (DyLoRA, ALoRA).
+"""Pieces shared by the hand-written low-rank adapters: swapping a module in a model (every one);
+option defaults and common checks, LoRA's standard initialisation of A and the adapter folder
+format (DyLoRA, ALoRA).
 
 An adapter folder holds ``adapter_config.json`` (whatever the method needs to rebuild its layers:
 module names, ranks, alpha, dropout, ...) and ``adapter.pt`` (the tensors by model name: the
@@ -17,6 +18,24 @@ from torch import nn
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.pt"
+
+
+def option(cfg, defaults: dict, key: str):
+    """A method option: the config's value, or the default where it is missing or null."""
+    value = cfg.get(key, None) if cfg is not None else None
+    return defaults[key] if value is None else value
+
+
+def check_common(method: str, method_cfg, defaults: dict, task_cfg) -> None:
+    """Checks every hand-written LoRA-family method makes: no unknown option, alpha > 0,
+    dropout in [0, 1) (ValueError with the fix)."""
+    unknown = sorted(set(method_cfg or {}) - {"name", *defaults})
+    if unknown:
+        raise ValueError(f"method={method} has no option(s) {unknown}; known: {sorted({'name', *defaults})}")
+    if not float(task_cfg.alpha) > 0:
+        raise ValueError(f"task.alpha must be > 0, not {task_cfg.alpha}")
+    if not 0 <= float(task_cfg.lora_dropout or 0) < 1:
+        raise ValueError(f"task.lora_dropout must lie in [0, 1), not {task_cfg.lora_dropout}")
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -45,12 +45,10 @@ DEFAULTS = {
     "examples_per_forward": 256,
     "new_group_lr": "global",
 }
-METHOD_KEYS = {"name", *DEFAULTS}
 
 
 def _opt(cfg, key):
-    value = cfg.get(key, None) if cfg is not None else None
-    return DEFAULTS[key] if value is None else value
+    return lowrank.option(cfg, DEFAULTS, key)
 
 
 def _schedule(method_cfg, task_cfg, num_examples: int) -> list[int]:
@@ -66,9 +64,7 @@ class ALoRA(Method):
     # -- configuration ---------------------------------------------------------------------
     @classmethod
     def check_config(cls, method_cfg, task_cfg, threshold, model_cfg, total_steps) -> None:
-        unknown = sorted(set(method_cfg or {}) - METHOD_KEYS)
-        if unknown:
-            raise ValueError(f"method=alora has no option(s) {unknown}; known: {sorted(METHOD_KEYS)}")
+        lowrank.check_common("alora", method_cfg, DEFAULTS, task_cfg)
         init_rank = _opt(method_cfg, "init_rank")
         if init_rank is not None and (not isinstance(init_rank, int) or init_rank < 1):
             raise ValueError(f"method.init_rank must be a positive integer or null (= task.reference_rank), not {init_rank!r}")
@@ -80,10 +76,6 @@ class ALoRA(Method):
             raise ValueError("method.k1_epochs and method.k2_epochs must be > 0")
         if _opt(method_cfg, "new_group_lr") not in GrowingLinearSchedule.POLICIES:
             raise ValueError(f"method.new_group_lr must be one of {GrowingLinearSchedule.POLICIES}")
-        if not float(task_cfg.alpha) > 0:
-            raise ValueError(f"task.alpha must be > 0, not {task_cfg.alpha}")
-        if not 0 <= float(task_cfg.lora_dropout or 0) < 1:
-            raise ValueError(f"task.lora_dropout must lie in [0, 1), not {task_cfg.lora_dropout}")
 
     @classmethod
     def check_data(cls, method_cfg, task_cfg, total_steps: int, num_examples: int) -> None:
