@@ -99,7 +99,7 @@ def test_missing_cells_say_so(known_tree):
     missing = cell(t1, "bitfit", "rte")
     assert missing["n"] == 0 and missing["mean"] is None
     text = to_markdown(t1, "table1")
-    assert "missing (0/3 seeds); paper 78.70" in text
+    assert "| BitFit " in text and "missing (0/3 seeds)" in text and "| 78.70 " in text  # ours, paper apart
     assert cell(t1, "lora", AVG)["mean"] is None  # 2 of 8 tasks: no average
     assert "missing (2/8 tasks)" in text
 
@@ -214,6 +214,24 @@ def test_latex_is_escaped(known_tree):
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "±" not in tex
 
 
+def test_best_mean_is_bold_and_significance_is_marked(known_tree):
+    """RTE: TriAdaptLoRA's best row (Non-Linear, 86/87/88) against LoRA (80/82/84): Welch's
+    t = 5 / sqrt(4/3 + 1/3) = 3.87 on ~2.9 degrees of freedom, p ~ 0.03 < 0.05."""
+    t1 = build_report(known_tree).tables["table1"]
+    assert 0.01 < cell(t1, "lora", "rte")["p_value"] < 0.05
+    assert cell(t1, "full", "rte")["p_value"] is None  # one seed: no test
+    assert cell(t1, "triadapt_linear", "rte")["p_value"] is None  # a source of the reference row
+    text = to_markdown(t1, "table1")
+    assert "| 82.00 ± 2.00† " in text and "**87.00 ± 1.00 [N]**" in text
+    assert "Welch" in text and "### Paper" in text and "### Δ (ours − paper)" in text
+    tex = to_latex(t1, "table1")
+    assert tex.count(r"\begin{table*}") == 1 and r"\label{tab:table1}" in tex
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"\cline" not in tex
+    assert r"\resizebox{\textwidth}" in tex and r"\bfseries 87.00 $\pm$ 1.00 [N]" in tex
+    caption = next(line for line in tex.splitlines() if line.startswith(r"\caption"))
+    assert "Table I" not in caption  # LaTeX numbers the table itself
+
+
 def test_cost_table(known_tree):
     costs = build_report(known_tree).costs
     row = costs[(costs["task"] == "rte") & (costs["arm"] == "lora")].iloc[0]
@@ -257,7 +275,7 @@ def test_cli_writes_tables(known_tree, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "table1:" in out.stdout
-    assert "82.00 ± 2.00 (n=3)" in (tmp_path / "tables" / "table1.md").read_text()
+    assert "82.00 ± 2.00" in (tmp_path / "tables" / "table1.md").read_text()
 
 
 # --- rank patterns (Figure 2) --------------------------------------------------------------------

@@ -27,6 +27,9 @@ from adarank.analysis.runs import AXES, PAPER_SETUP
 
 EXPECTED_SEEDS = 3
 AVG = "avg"
+#: the row every other row is tested against (Welch's t-test over seeds), per table
+REFERENCE_ROW = {"table1": "triadapt_best", "table2": "orthogonal", "table3": "norm_r", "table4": "triadapt_linear"}
+ALPHA = 0.05  # significance level of the mark
 SQUAD_TASK = "squad_v2"
 # alternative names a SQuAD metric may be recorded under
 METRIC_ALIASES = {"exact": ("exact", "exact_match", "em"), "f1": ("f1",)}
@@ -152,6 +155,7 @@ def _build_for_setup(runs: pd.DataFrame, table: str, setup: str) -> pd.DataFrame
                 cells[(row.key, column)] = _best_of(cells, row.best_of, column)
             else:
                 cells[(row.key, column)] = {**_stats(_values(picked, column, squad)), "diverged": _diverged(picked, column, squad)}
+    _significance(cells, rows, columns, table)
     for row in rows:
         for column in columns:
             cell = cells[(row.key, column)]
@@ -189,16 +193,40 @@ def _diverged(picked: pd.DataFrame, column: str, squad: bool) -> int:
 def _stats(values: list[float]) -> dict:
     n = len(values)
     if n == 0:
-        return {"mean": None, "std": None, "n": 0, "picked": None}
+        return {"mean": None, "std": None, "n": 0, "picked": None, "values": []}
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return {"mean": mean, "std": std, "n": n, "picked": None}
+    return {"mean": mean, "std": std, "n": n, "picked": None, "values": list(values)}
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test (unequal variances) between two seed samples; None
+    with fewer than 2 seeds on a side or no spread at all."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import ttest_ind
+
+    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return None if math.isnan(p) else p
+
+
+def _significance(cells: dict, rows: list[RowSpec], columns: list[str], table: str) -> None:
+    """p-value of each row against the table's reference row (REFERENCE_ROW), per column."""
+    reference = REFERENCE_ROW.get(table)
+    keys = {row.key: row for row in rows}
+    if reference not in keys:
+        return
+    skip = {reference, *keys[reference].best_of}  # the reference's own sources
+    for row in rows:
+        for column in columns:
+            cell = cells[(row.key, column)]
+            cell["p_value"] = None if row.key in skip else welch_p(cells[(reference, column)]["values"], cell["values"])
 
 
 def _best_of(cells: dict, sources: tuple[str, ...], column: str) -> dict:
     candidates = [(key, cells[(key, column)]) for key in sources if cells[(key, column)]["mean"] is not None]
     if not candidates:
-        return {"mean": None, "std": None, "n": 0, "picked": None}
+        return {"mean": None, "std": None, "n": 0, "picked": None, "values": []}
     key, cell = max(candidates, key=lambda kc: kc[1]["mean"])  # ties: the first source (Linear)
     return {**cell, "picked": key}
 
@@ -219,15 +247,25 @@ def _record(table, setup, row: RowSpec, column, cell, paper, paper_std) -> dict:
         "paper": paper,
         "paper_std": paper_std,
         "diff": diff,
+        "p_value": cell.get("p_value"),
     }
 
 
 # --- rendering ----------------------------------------------------------------------------------
 
-CELL_LEGEND = (
-    "Cell: ours = mean ± std over seeds of the best dev score (n = seeds found); paper = the number "
-    "TriAdaptLoRA reports; Δ = ours − paper. Avg. = mean of the 8 task means (needs all 8)."
-)
+MARK = "†"
+
+
+def legend(table: str) -> str:
+    reference = load_paper()[table]["rows"].get(REFERENCE_ROW.get(table), {}).get("label", "the reference row")
+    return (
+        "Ours: mean ± std over seeds of the best dev score ((n=k) when fewer or more than "
+        f"{EXPECTED_SEEDS} seeds); Paper: the number the paper reports; Δ = ours − paper. Bold: the best "
+        f"mean of each column. {MARK}: the row differs from {reference} on that task beyond seed noise "
+        f"(Welch's t-test over seeds, p < {ALPHA}; every p-value is in the .csv). [L]/[N]: the "
+        "TriAdaptLoRA row took the Linear / Non-Linear cell. Avg. = mean of the 8 task means (needs all 8). "
+        "Missing cells say so (\"missing\"; – in LaTeX)."
+    )
 
 
 def column_label(table: str, column: str) -> str:
@@ -238,36 +276,54 @@ def column_label(table: str, column: str) -> str:
     return task_label(column)
 
 
-def cell_text(rec: dict, latex: bool = False) -> str:
-    pm = r"$\pm$" if latex else "±"
-    delta = r"$\Delta$" if latex else "Δ"
+def ours_text(rec: dict) -> str:
     if rec["column"] == AVG:
-        ours = f"{rec['mean']:.2f} ({rec['n']:.0f}/8 tasks)" if rec["mean"] is not None else f"missing ({rec['n']:.0f}/8 tasks)"
-    elif rec["mean"] is None:
-        diverged = rec.get("diverged") or 0
-        ours = f"diverged ({diverged:.0f}/{EXPECTED_SEEDS} seeds)" if diverged else f"missing (0/{EXPECTED_SEEDS} seeds)"
-    else:
-        spread = f" {pm} {rec['std']:.2f}" if rec["std"] is not None else ""
-        pick = f" [{'L' if rec['picked'].endswith('_linear') else 'N'}]" if rec["picked"] else ""
-        diverged = f", {rec['diverged']:.0f} diverged" if rec.get("diverged") else ""
-        ours = f"{rec['mean']:.2f}{spread} (n={rec['n']:.0f}{diverged}){pick}"
+        return f"{rec['mean']:.2f}" if rec["mean"] is not None else f"missing ({rec['n']:.0f}/8 tasks)"
+    diverged = rec.get("diverged") or 0
+    if rec["mean"] is None:
+        return f"diverged ({diverged:.0f}/{EXPECTED_SEEDS} seeds)" if diverged else f"missing (0/{EXPECTED_SEEDS} seeds)"
+    spread = f" ± {rec['std']:.2f}" if rec["std"] is not None else ""
+    note = f"n={rec['n']:.0f}" if rec["n"] != EXPECTED_SEEDS or diverged else ""
+    note += f", {diverged:.0f} diverged" if diverged else ""
+    seeds = f" ({note})" if note else ""
+    pick = f" [{'L' if rec['picked'].endswith('_linear') else 'N'}]" if rec["picked"] else ""
+    mark = MARK if rec.get("p_value") is not None and rec["p_value"] < ALPHA else ""
+    return f"{rec['mean']:.2f}{spread}{seeds}{pick}{mark}"
+
+
+def paper_text(rec: dict) -> str:
     if rec["paper"] is None:
-        return f"{ours}; paper –"
-    paper = f"{rec['paper']:.2f}" + (f" {pm} {rec['paper_std']:.1f}" if rec["paper_std"] is not None else "")
-    diff = f"; {delta} {rec['diff']:+.2f}" if rec["diff"] is not None else ""
-    return f"{ours}; paper {paper}{diff}"
+        return "–"
+    return f"{rec['paper']:.2f}" + (f" ± {rec['paper_std']:.1f}" if rec["paper_std"] is not None else "")
 
 
-def wide(tidy: pd.DataFrame, table: str, setup: str, latex: bool = False) -> pd.DataFrame:
+def diff_text(rec: dict) -> str:
+    return "–" if rec["diff"] is None else f"{rec['diff']:+.2f}"
+
+
+BLOCKS = {"Ours": ("mean", ours_text), "Paper": ("paper", paper_text), "Δ (ours − paper)": (None, diff_text)}
+
+
+def blocks(tidy: pd.DataFrame, table: str, setup: str) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Per block (Ours, Paper, Δ): the cell texts and where the bold (best mean per column) goes,
+    rows = method labels, columns = task labels."""
     part = tidy[tidy["setup"] == setup]
     columns = list(dict.fromkeys(part["column"]))
-    rows = []
-    for key in dict.fromkeys(part["row"]):
-        recs = part[part["row"] == key].set_index("column")
-        label = recs["label"].iloc[0]
-        rows.append([label] + [cell_text(_clean(recs.loc[c].to_dict()) | {"column": c}, latex) for c in columns])
-    header = ["Method"] + [column_label(table, c) for c in columns]
-    return pd.DataFrame(rows, columns=header)
+    labels = list(dict.fromkeys(part["label"]))
+    out = {}
+    for name, (value_key, text) in BLOCKS.items():
+        texts = pd.DataFrame("", index=labels, columns=[column_label(table, c) for c in columns])
+        bold = pd.DataFrame(False, index=texts.index, columns=texts.columns)
+        for column in columns:
+            recs = [_clean(r) for r in part[part["column"] == column].to_dict("records")]
+            values = [r[value_key] for r in recs if value_key and r[value_key] is not None]
+            best = max(values) if values else None
+            for rec in recs:
+                texts.loc[rec["label"], column_label(table, column)] = text(rec)
+                if best is not None and rec[value_key] is not None and math.isclose(rec[value_key], best):
+                    bold.loc[rec["label"], column_label(table, column)] = True
+        out[name] = (texts, bold)
+    return out
 
 
 def _clean(rec: dict) -> dict:
@@ -283,12 +339,15 @@ def setup_heading(setup: str) -> str:
 
 def to_markdown(tidy: pd.DataFrame, table: str, left: pd.DataFrame | None = None) -> str:
     title = load_paper()[table]["title"]
-    parts = [f"# {title}", "", CELL_LEGEND, ""]
+    parts = [f"# {title}", "", legend(table), ""]
     if tidy.empty:
         parts += ["No runs for this table.", ""]
     else:
         for setup in dict.fromkeys(tidy["setup"]):
-            parts += [f"## {setup_heading(setup)}", "", wide(tidy, table, setup).to_markdown(index=False), ""]
+            parts += [f"## {setup_heading(setup)}", ""]
+            for name, (texts, bold) in blocks(tidy, table, setup).items():
+                shown = texts.where(~bold, "**" + texts + "**")
+                parts += [f"### {name}", "", shown.rename_axis("Method").reset_index().to_markdown(index=False), ""]
         parts += ["Row sources:", ""]
         for key, row in load_paper()[table]["rows"].items():
             parts.append(f"- {row['label']}: {row['source']}")
@@ -307,25 +366,32 @@ def left_out_markdown(left: pd.DataFrame) -> str:
 
 
 def to_latex(tidy: pd.DataFrame, table: str) -> str:
+    """One ``table*`` per setup (booktabs rules through pandas' Styler, bold best means, the
+    blocks Ours / Paper / Δ as row groups, scaled to the text width of a two-column page)."""
     title = load_paper()[table]["title"]
-    out = [f"% {title}", f"% {latex_escape(CELL_LEGEND)}"]
+    out = [f"% {title}", "% needs \\usepackage{booktabs,multirow,graphicx}"]
     if tidy.empty:
         return "\n".join(out + ["% No runs for this table."]) + "\n"
-    for setup in dict.fromkeys(tidy["setup"]):
-        frame = wide(tidy, table, setup, latex=True)
-        out += [
-            r"\begin{table}[ht]",
-            r"\centering\scriptsize",
-            f"\\caption{{{latex_escape(title)} -- {latex_escape(setup_heading(setup))}}}",
-            r"\begin{tabular}{l" + "p{2.2cm}" * (frame.shape[1] - 1) + "}",
-            r"\hline",
-            " & ".join(latex_escape(c) for c in frame.columns) + r" \\",
-            r"\hline",
-        ]
-        for _, row in frame.iterrows():
-            cells = [latex_escape(row.iloc[0])] + [latex_escape(v, keep_math=True) for v in row.iloc[1:]]
-            out.append(" & ".join(cells) + r" \\")
-        out += [r"\hline", r"\end{tabular}", r"\end{table}", ""]
+    caption = title.split(": ", 1)[-1] if title.startswith("Table") else title  # LaTeX numbers it
+    for number, setup in enumerate(dict.fromkeys(tidy["setup"])):
+        parts = blocks(tidy, table, setup)
+        texts = pd.concat({latex_escape(k): v[0] for k, v in parts.items()})
+        bold = pd.concat({latex_escape(k): v[1] for k, v in parts.items()})
+        texts = texts.map(lambda v: "--" if v.startswith("missing") else latex_escape(v))  # -- : no run
+        texts.index = pd.MultiIndex.from_tuples([(b, latex_escape(m)) for b, m in texts.index])
+        texts.columns = [latex_escape(c) for c in texts.columns]
+        bold.index, bold.columns = texts.index, texts.columns
+        styler = texts.style.apply(lambda _: bold.replace({True: "font-weight: bold;", False: ""}), axis=None)
+        label = f"tab:{table}" + (f"-{number + 1}" if number else "")
+        text = styler.to_latex(
+            hrules=True, convert_css=True, environment="table*", position="t", position_float="centering",
+            caption=f"{latex_escape(caption)}. {latex_escape(setup_heading(setup))}.", label=label,
+            multirow_align="t", clines="skip-last;data", column_format="ll" + "c" * texts.shape[1],
+        )
+        text = text.replace("\\cline{1-" + str(texts.shape[1] + 2) + "}", "\\midrule")
+        text = text.replace("\\begin{tabular}", "\\resizebox{\\textwidth}{!}{%\n\\begin{tabular}")
+        text = text.replace("\\end{tabular}", "\\end{tabular}}\n\\par\\smallskip\\footnotesize " + latex_escape(legend(table)))
+        out += [text]
     return "\n".join(out) + "\n"
 
 
@@ -340,4 +406,5 @@ def latex_escape(text: str, keep_math: bool = False) -> str:
 def _escape_plain(text: str) -> str:
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
         text = text.replace(char, repl)
-    return text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "-").replace("–", "--")
+    return (text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "-").replace("–", "--")
+            .replace("†", r"$^\dagger$"))
