@@ -57,11 +57,6 @@ def test_unknown_keys_are_refused(overrides, message):
     assert message in str(err.value)
 
 
-def test_every_method_config_passes_the_key_check():
-    for path in sorted((CONF_DIR / "method").glob("*.yaml")):
-        check_static(compose([f"method={path.stem}", "threshold=none"]))
-
-
 def test_data_dir_pointing_at_a_file_says_so(tmp_path):
     path = tmp_path / "glue.zip"
     path.write_text("x")
