@@ -60,7 +60,9 @@ def train_runs(root: Path, glue: Path, model: str, names, extra=()) -> dict[str,
         overrides = merge_overrides(
             {**FAST_DEFAULTS, "data.dir": str(glue), "results.root": str(root / name), "model": model,
              "results.save_adapter": "true", "train.max_steps": "6", "task.batch_size": "8",
-             "task.max_seq_length": "32"},
+             "task.max_seq_length": "32",
+             # peft's LoRA puts the adapter on DeBERTa's positional query too: only such runs export
+             **({"model.positional_query_adapter": "true"} if model == "tiny" else {})},
             ["task=rte", *CASES[name], *extra],
         )
         run(compose(overrides), overrides)
@@ -119,6 +121,13 @@ def test_export_refuses_what_peft_cannot_express(tmp_path, tiny_glue_dir):
     cfg = OmegaConf.create({"model": {"positional_query_adapter": False, "target_regex": ".*query_proj"}})
     with pytest.raises(export.ExportError, match="positional query"):
         export.refuse_positional_query(cfg)
+    # null on a GLUE task is the reference reading too (models.REFERENCE_POSITIONAL_QUERY_ADAPTER)
+    glue = OmegaConf.create({"model": {"family": "deberta", "positional_query_adapter": None,
+                                       "target_regex": ".*query_proj"}, "task": {"kind": "glue"}})
+    with pytest.raises(export.ExportError, match="positional query"):
+        export.refuse_positional_query(glue)
+    glue.task.kind = "squad_v2"
+    export.refuse_positional_query(glue)
 
 
 @pytest.mark.slow

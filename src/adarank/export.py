@@ -40,7 +40,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from adarank import results
-from adarank.models import head_module_names, load_model, load_tokenizer
+from adarank.models import (
+    apply_positional_query_option,
+    head_module_names,
+    load_model,
+    load_tokenizer,
+    positional_query_adapter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +107,19 @@ def load_run(run_dir: str | Path) -> Trained:
     head, num_labels = task_head(cfg.task)
     model = fresh_base(cfg, head, num_labels)
     model = LOADERS[method](model, adapter, cfg, metrics, run_dir)
+    apply_positional_query_option(model, cfg.model, cfg.task.kind)  # as the run trained it
     model.eval()
     return Trained(cfg, metrics, method, model, head, num_labels)
 
 
 def refuse_positional_query(cfg) -> None:
     """peft's LoRA on DeBERTa's query_proj also changes the positional query (the relative
-    embeddings go through the same module); a run trained without that cannot be expressed."""
+    embeddings go through the same module); a run trained without that cannot be expressed.
+    null reads as the reference setting of the task kind (false on GLUE, models.py)."""
     setting = cfg.model.get("positional_query_adapter", None)
-    if setting is None or setting is True or str(setting).lower() in ("true", "on", "yes", "both", "apply"):
+    if cfg.model.get("family", "deberta") != "deberta" or (setting is None and "task" not in cfg):
+        return
+    if positional_query_adapter(cfg.model, cfg.task.kind if setting is None else ""):
         return
     if "query_proj" in str(cfg.model.get("target_regex", "")):
         raise ExportError(
