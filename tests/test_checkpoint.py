@@ -1,12 +1,13 @@
 """Checkpoints and exact resume (issue 11): a real subprocess running train.py is killed with
-SIGKILL (or SIGINT) right after it writes the checkpoint of a chosen step, the same command is run
+SIGKILL (or stopped by SIGINT) at the end of a chosen step, one step after its last checkpoint (so
+that the train log holds lines the resumed run must drop and redo), the same command is run
 again, and the finished run must equal an uninterrupted one bit for bit: best, final, every
 evaluation (the whole train log), rank_pattern.json, growth_log.jsonl and the trained tensors.
 
 The processes that get killed are forked from the test process (``train.py``'s own ``main``,
 through ``runpy``), so they do not pay Python's and torch's import time again; one test runs
 ``python train.py`` itself. The kill point is made deterministic by the test-only environment
-variable of adarank.training.checkpoint (the process signals itself after writing checkpoint N).
+variable of adarank.training.checkpoint (the process signals itself at the end of step N).
 """
 
 from __future__ import annotations
@@ -34,24 +35,28 @@ COMMON = [
     "task.warmup_steps=2", "task.lora_dropout=0.1",
 ]
 GROWTH = ["task.init_warmup=1", "task.incre_interval=2", "task.reference_rank=3", "task.incre_rank_num=1", "task.top_h=6"]
-# (method overrides, kill during growth/masking, kill after it): IncreLoRA and TriAdapt-fixed
-# grow at steps 2, 4, 6, 8 (budget 36 reached); AdaLoRA masks at 4, 6, 8, the final mask at 10
-# (T - t_final) and re-applies it at every later step
+# (method overrides, kill during growth/masking, kill after it): the process dies at the end of
+# that step, one step after its last checkpoint. IncreLoRA and TriAdapt-fixed grow at t = 2, 4, 6,
+# 8 (budget 36 reached; t = the 0-based step the event happens in): checkpoints 4 (growth under
+# way) and 10 (done). AdaLoRA masks at t = 4, 6, 8, puts the final mask at t = 10 (T - t_final)
+# and re-applies it at every later step: checkpoints 6 and 12.
 CASES = {
-    "full": (["method=full"], 4, 10),
-    "bitfit": (["method=bitfit"], 4, 10),
-    "hadapter": (["method=hadapter"], 4, 10),
-    "lora": (["method=lora"], 4, 10),
-    "dylora": (["method=dylora"], 4, 10),
-    # allocation rounds at steps 5 and 7 (40 rows after 8 held out: 5 steps per epoch, K1 = 5, K2 = 2)
-    "alora": (["method=alora", "method.val_examples=8", "method.rounds=2", "method.k2_epochs=0.4"], 6, 10),
+    "full": (["method=full"], 5, 11),
+    "bitfit": (["method=bitfit"], 5, 11),
+    "hadapter": (["method=hadapter"], 5, 11),
+    "lora": (["method=lora"], 5, 11),
+    "dylora": (["method=dylora"], 5, 11),
+    # allocation rounds at steps 5 and 7 (40 rows after 8 held out: 5 steps per epoch, K1 = 5, K2 = 2):
+    # checkpoints 6 (between the rounds) and 10
+    "alora": (["method=alora", "method.val_examples=8", "method.rounds=2", "method.k2_epochs=0.4"], 7, 11),
     "adalora": (["method=adalora", "task.adalora.init_warmup=2", "task.adalora.final_warmup=4",
-                 "task.adalora.mask_interval=2", "task.adalora.warmup_steps=2"], 6, 12),
-    "increlora": (["method=increlora", *GROWTH], 4, 12),
-    "triadapt-fixed": (["method=triadapt", "threshold=fixed", *GROWTH], 4, 12),
-    # the dynamic thresholds spread growth over the whole run: the last event is at step 12
-    "triadapt-linear": (["method=triadapt", "threshold=linear", *GROWTH, "train.checkpoint_interval=1"], 4, 13),
-    "triadapt-nonlinear": (["method=triadapt", "threshold=nonlinear", *GROWTH, "train.checkpoint_interval=1"], 5, 13),
+                 "task.adalora.mask_interval=2", "task.adalora.warmup_steps=2"], 7, 13),
+    "increlora": (["method=increlora", *GROWTH], 5, 11),
+    "triadapt-fixed": (["method=triadapt", "threshold=fixed", *GROWTH], 5, 11),
+    # the dynamic thresholds spread growth over the whole run (the last event at t = 12): a
+    # checkpoint every step, the second kill at the last step, after checkpoint 13
+    "triadapt-linear": (["method=triadapt", "threshold=linear", *GROWTH, "train.checkpoint_interval=1"], 5, 14),
+    "triadapt-nonlinear": (["method=triadapt", "threshold=nonlinear", *GROWTH, "train.checkpoint_interval=1"], 6, 14),
 }
 
 
@@ -109,13 +114,17 @@ def test_killed_twice_and_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_
     ref_folder = run_folder(Path(cfg.results.root))
 
     argv = [*final, f"results.root={tmp_path / 'killed'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
-    kill = {checkpoint.TEST_SIGNAL_ENV: f"{during}:KILL,{after}:KILL"}
-    assert forked_train_py(argv, kill) == -signal.SIGKILL
+    def kill_at(step: int) -> dict:
+        return {checkpoint.TEST_SIGNAL_ENV: f"{step}:KILL"}
+
+    assert forked_train_py(argv, kill_at(during)) == -signal.SIGKILL
     folder = run_folder(tmp_path / "killed")
-    assert checkpoint.read(folder)["loop"]["step"] == during
-    assert forked_train_py(argv, kill) == -signal.SIGKILL  # resumed from `during`, killed at `after`
-    assert checkpoint.read(folder)["loop"]["step"] == after
-    assert forked_train_py(argv, kill) == 0
+    assert checkpoint.read(folder)["loop"]["step"] == during - 1
+    logged = [json.loads(line)["step"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert logged[-1] == during  # the lines of step `during` are past the checkpoint's offset
+    assert forked_train_py(argv, kill_at(after)) == -signal.SIGKILL  # resumed from during - 1
+    assert checkpoint.read(folder)["loop"]["step"] == after - 1
+    assert forked_train_py(argv, {}) == 0
     assert not checkpoint.path_in(folder).exists()
     assert_same_run(ref_folder, folder)
     assert reference["evaluations"] >= 5
@@ -152,13 +161,13 @@ def test_sigint_stops_after_the_step_with_a_checkpoint_and_the_rerun_finishes_id
 def test_train_py_exits_130_with_one_line_on_sigint_and_force_starts_afresh(make_cfg, tmp_path):
     cfg, final = make_cfg([*COMMON, "method=lora", "train.checkpoint_interval=3"])
     argv = [sys.executable, str(REPO / "train.py"), *final, f"hydra.run.dir={tmp_path / 'hydra'}"]
-    env = {**os.environ, checkpoint.TEST_SIGNAL_ENV: "3:INT", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, checkpoint.TEST_SIGNAL_ENV: "4:INT", "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 130, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if "interrupted at step" in line]
-    assert lines == ["interrupted at step 3; rerun the same command to resume"]
+    assert lines == ["interrupted at step 4; rerun the same command to resume"]
     folder = run_folder(Path(cfg.results.root))
-    assert checkpoint.read(folder)["loop"]["step"] == 3
+    assert checkpoint.read(folder)["loop"]["step"] == 4  # written at the interruption
 
     cfg_force, final_force = make_cfg([*final, "force=true"])
     metrics = run_module.run(cfg_force, final_force)  # starts again from step 0: a fresh log
@@ -184,7 +193,7 @@ def test_a_preemption_signal_is_deferred_to_a_checkpoint_then_handed_to_submitit
 
     cfg2, final2 = make_cfg([*final, f"results.root={tmp_path / 'preempted'}"])
     previous = signal.signal(signal.SIGUSR2, submitit_handler)
-    os.environ[checkpoint.TEST_SIGNAL_ENV] = "4:USR2"
+    os.environ[checkpoint.TEST_SIGNAL_ENV] = "5:USR2"  # between the checkpoints of steps 4 and 8
     try:
         with pytest.raises(SystemExit):
             run_module.run(cfg2, final2)
@@ -192,7 +201,7 @@ def test_a_preemption_signal_is_deferred_to_a_checkpoint_then_handed_to_submitit
         del os.environ[checkpoint.TEST_SIGNAL_ENV]
         assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # restored on the way out
         signal.signal(signal.SIGUSR2, previous)
-    assert calls == [(signal.SIGUSR2, 4)]
+    assert calls == [(signal.SIGUSR2, 5)]
     run_module.run(cfg2, final2)
     assert_same_run(ref_folder, run_folder(tmp_path / "preempted"))
 
@@ -216,7 +225,7 @@ def test_the_slurm_launcher_requeues_timed_out_jobs_with_the_same_task():
 @pytest.mark.slow
 def test_submitit_local_requeue_resumes_from_the_checkpoint(make_cfg, tmp_path):
     """The whole path with submitit's local executor (three interpreters, about 40 s of CPU):
-    the job signals itself USR2 after checkpoint 4, submitit requeues it, the rerun resumes."""
+    the job signals itself USR2 at the end of step 4, submitit requeues it, the rerun resumes."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg, final = make_cfg([*COMMON, "method=lora", "train.max_steps=8"])
     argv = [sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=submitit_local",

@@ -41,7 +41,8 @@ log = logging.getLogger("adarank")
 FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
 #: test-only: "STEP:SIGNAL[,STEP:SIGNAL]" makes the process send itself SIGNAL (KILL, INT, USR2,
-#: ...) right after writing the checkpoint of optimizer step STEP (tests/test_checkpoint.py)
+#: ...) at the end of optimizer step STEP (after its logging and evaluation, before the loop
+#: decides whether to write a checkpoint of it) (tests/test_checkpoint.py)
 TEST_SIGNAL_ENV = "ADARANK_TEST_SIGNAL_AFTER_CHECKPOINT"
 #: submitit's variable naming its timeout/preemption signal (USR2 when unset)
 PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"
@@ -210,6 +211,9 @@ class Checkpointer:
         self.save_seconds: list[float] = []
 
     # -- what the loop calls -----------------------------------------------------------------
+    def end_of_step(self, step: int) -> None:
+        send_test_signal(step)
+
     def due(self, step: int, total_steps: int) -> bool:
         return self.interval > 0 and step >= self.next_at and step < total_steps
 
@@ -233,7 +237,6 @@ class Checkpointer:
         if self.auto:
             self.interval = auto_interval(self.save_seconds[-1], loop.step_seconds)
         self.next_at = loop.step + self.interval
-        send_test_signal(loop.step)
 
     def restore(self, model, method, optimizer, scheduler) -> LoopState | None:
         """Bring a freshly built model/method/optimizer/scheduler to the checkpoint's state;

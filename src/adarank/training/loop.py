@@ -230,6 +230,7 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
                     tracker.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step)
                 if step % eval_interval == 0 and step < total_steps:
                     run_evaluation(step, final=False)
+                checkpointer.end_of_step(step)
                 if checkpointer.due(step, total_steps) or checkpointer.stopping:
                     checkpointer.save(model, method, optimizer, scheduler, LoopState(
                         step, epoch_state, batches, result.best, result.evaluations, train_log.tell(),
