@@ -21,7 +21,7 @@ from adarank import jobs, results, run_folder
 from adarank import run as run_module
 from adarank.analysis import build_report, load_runs
 from adarank.analysis.synthetic import fake_run
-from adarank.analysis.tables import wide
+from adarank.analysis.tables import blocks
 from adarank.checks import ConfigError, check_static
 from adarank.training.loop import Diverged
 from tests.conftest import REPO
@@ -156,8 +156,8 @@ def test_tables_say_diverged_instead_of_missing(tmp_path):
         metrics.update(status="diverged", diverged={"step": 3, "loss": "nan", "last_finite_loss": 0.7}, best={}, final={})
         metrics_file.write_text(json.dumps(metrics))
     report = build_report(root)
-    table = wide(report.tables["table1"], "table1", report.setups[0]).set_index("Method")
-    lora = table.loc[table.index.str.startswith("LoRA")].iloc[0]
+    texts, _ = blocks(report.tables["table1"], "table1", report.setups[0])["Ours"]
+    lora = texts.loc[texts.index.str.startswith("LoRA")].iloc[0]
     assert lora["MRPC"].startswith("diverged (1/3 seeds)")
     assert lora["RTE"].startswith("80.00 (n=1, 1 diverged)")
 
