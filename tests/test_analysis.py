@@ -249,9 +249,15 @@ def test_write_report_files_and_figures(tmp_path):
         for ext in ("md", "tex", "csv"):
             assert (tmp_path / "tables" / f"{name}.{ext}").stat().st_size > 0
     names = {p.name for p in report.figures}
-    assert {"fig2_rank_pattern_rte.png", "fig2_rank_pattern_mrpc.png", "fig3_init_warmup_rte.png"} <= names
+    assert {"fig2_rank_pattern_rte.png", "fig2_rank_pattern_mrpc.png", "fig3_init_warmup_rte.png",
+            "learning_curve_rte.png", "rank_over_time_rte.png"} <= names
     for path in report.figures:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+        assert path.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+    from PIL import Image
+
+    with Image.open(tmp_path / "tables" / "figures" / "learning_curve_rte.png") as image:
+        assert round(image.info["dpi"][0]) == 300
 
 
 def test_cli_on_an_empty_tree_fails_clearly(tmp_path):
@@ -279,6 +285,16 @@ def test_cli_writes_tables(known_tree, tmp_path):
 
 
 # --- rank patterns (Figure 2) --------------------------------------------------------------------
+
+
+def test_curves_from_train_and_growth_logs(tmp_path):
+    from adarank.analysis.curves import eval_points, rank_steps
+
+    folder = fake_run(tmp_path, "rte", "triadapt", 0, 80.0, "linear", total_rank=144)
+    points = eval_points(folder, "accuracy")
+    assert list(points.index) == [50, 100, 150, 200] and points[50] == 76.0 and points[200] == 80.0
+    steps, values, _ = rank_steps(folder)
+    assert steps == [0, 60, 100, 140, 200] and values[0] == 72 and values[-1] == 144
 
 
 @pytest.mark.parametrize(

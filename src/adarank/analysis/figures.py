@@ -1,4 +1,8 @@
-"""Figures as PNG: Figure 2 (final rank heatmaps), Figures 3-5 (sensitivity on RTE)."""
+"""Figures as vector PDF and PNG (300 dpi) in one style: Figure 2 (final rank heatmaps), Figures
+3-5 (sensitivity on RTE); learning curves and rank over time are in curves.py.
+
+Sizes are in inches at print size (one column = 3.5 in, two columns = 7.2 in) so that the fonts of
+``STYLE`` (8-9 pt) stay readable in the paper; figures are never scaled down much."""
 
 from __future__ import annotations
 
@@ -30,6 +34,32 @@ SENSITIVITY = {
     "fig5": ("reference_rank", "reference rank $r^{ref}$"),
 }
 SENSITIVITY_ARMS = ["triadapt_linear", "triadapt_nonlinear", "triadapt_fixed", "increlora"]
+COLUMN_WIDTH, PAGE_WIDTH = 3.5, 7.2  # inches, a two-column paper
+DPI = 300
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 8.5,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "figure.titlesize": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3.5,
+    "savefig.dpi": DPI,
+    "savefig.bbox": "tight",
+    "pdf.fonttype": 42,  # TrueType in the PDF: editable, accepted by publishers
+}
+
+
+def save(fig, path: Path) -> Path:
+    """Write ``path`` (PNG, 300 dpi) and the same figure as vector PDF beside it; return the PNG."""
+    fig.savefig(path, dpi=DPI)
+    fig.savefig(path.with_suffix(".pdf"))
+    plt.close(fig)
+    return path
 
 
 def in_preferred_setup(runs: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:
@@ -58,7 +88,8 @@ def figure2(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
                         break
         if panels:
             path = out_dir / f"fig2_rank_pattern_{task}.png"
-            _draw_heatmaps(panels, task, setup, path)
+            with plt.rc_context(STYLE):
+                _draw_heatmaps(panels, task, setup, path)
             written.append(path)
     return written
 
@@ -80,28 +111,33 @@ def figure2_note(runs: pd.DataFrame, setups: list[str]) -> str:
 def _draw_heatmaps(panels, task: str, setup: str, path: Path) -> None:
     vmax = max(np.nanmax(m) for _, _, m in panels)
     layers = max(m.shape[0] for _, _, m in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1.2, 0.35 * layers + 2.0),
+    per_row = min(len(panels), 3)  # at most 3 panels side by side on a page-wide figure
+    rows = -(-len(panels) // per_row)
+    fig, axes = plt.subplots(rows, per_row, figsize=(PAGE_WIDTH, rows * (0.2 * layers + 1.0) + 0.4),
                              squeeze=False, constrained_layout=True)
     image = None
-    for ax, (arm, seed, matrix) in zip(axes[0], panels):
+    flat = axes.flatten()
+    for ax, (arm, seed, matrix) in zip(flat, panels):
         image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
-        ax.set_title(f"{ARM_LABELS.get(arm, arm)}\nseed {seed}, total rank {int(np.nansum(matrix))}", fontsize=9)
-        ax.set_xticks(range(len(WEIGHT_TYPES)), [f"${w}$" for w in WEIGHT_TYPES], fontsize=8)
-        ax.set_yticks(range(matrix.shape[0]), [str(i + 1) for i in range(matrix.shape[0])], fontsize=7)
+        ax.set_title(f"{ARM_LABELS.get(arm, arm)}\nseed {seed}, total rank {int(np.nansum(matrix))}")
+        ax.set_xticks(range(len(WEIGHT_TYPES)), [f"${w}$" for w in WEIGHT_TYPES])
+        ax.set_yticks(range(matrix.shape[0]), [str(i + 1) for i in range(matrix.shape[0])])
         ax.set_xlabel("weight matrix")
+        ax.set_ylabel("layer")
+        ax.grid(False)
         if matrix.size <= 120:
             for (i, j), value in np.ndenumerate(matrix):
                 if not np.isnan(value):
-                    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6,
+                    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
                             color="white" if value < 0.6 * vmax else "black")
-    axes[0][0].set_ylabel("layer")
-    fig.colorbar(image, ax=axes[0].tolist(), label="final rank", shrink=0.8)
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=flat[: len(panels)].tolist(), label="final rank", shrink=0.8)
     title = f"Final rank per layer and weight matrix, {task_label(task)}"
     if setup != PAPER_SETUP:
         title += f"\n({setup})"
-    fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    fig.suptitle(title)
+    save(fig, path)
 
 
 def sensitivity_points(runs: pd.DataFrame, axis: str) -> pd.DataFrame:
@@ -124,13 +160,14 @@ def sensitivity_figure(runs: pd.DataFrame, name: str, out_dir: Path) -> list[Pat
         if data.groupby("arm")[axis].nunique().max() < 2:
             continue
         path = out_dir / f"{name}_{axis}_{task}.png"
-        _draw_lines(data, axis, xlabel, task, setup, path)
+        with plt.rc_context(STYLE):
+            _draw_lines(data, axis, xlabel, task, setup, path)
         written.append(path)
     return written
 
 
 def _draw_lines(data: pd.DataFrame, axis: str, xlabel: str, task: str, setup: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.6))
     for arm in SENSITIVITY_ARMS:
         part = data[data["arm"] == arm]
         if part[axis].nunique() < 2:  # a single point (e.g. a Table I run) is no curve
@@ -149,12 +186,10 @@ def _draw_lines(data: pd.DataFrame, axis: str, xlabel: str, task: str, setup: st
     title = f"{task_label(task)}: sensitivity to {xlabel.split(' $')[0].split(' (')[0]}"
     if setup != PAPER_SETUP:
         title += f"\n({setup})"
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title)
     if data[axis].nunique() > 1 and data[axis].min() > 0 and data[axis].max() / data[axis].min() >= 8:
         ax.set_xscale("log", base=2)
         ticks = sorted(set(data[axis].astype(float)))
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    ax.legend()
+    save(fig, path)

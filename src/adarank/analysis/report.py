@@ -1,5 +1,5 @@
 """Everything `make tables` writes, from a results tree: Tables I-IV (Markdown, LaTeX, tidy CSV),
-the cost table, Figures 2-5 (PNG), runs.csv (one line per run found) and left_out.csv (every
+the cost table, Figures 2-5, learning curves and rank over time (each as PDF and PNG), runs.csv (one line per run found) and left_out.csv (every
 finished run a table does not show, with the reason).
 
 Tables and figures show one setup (``setup=None``: the paper setup when the tree has it, else the
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from adarank.analysis import costs as cost_table
-from adarank.analysis import figures, tables
+from adarank.analysis import curves, figures, tables
 from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.runs import load_runs
 
@@ -121,7 +121,15 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
         report.notes.append("Figures 3-5: no growing arm has runs at two or more values of init_warmup, "
                             "incre_interval or reference_rank in the shown setup (conf/sweep/fig3-5.yaml)")
     report.figures += sensitivity
-    report.files += report.figures
+    setup = report.setups[0] if len(report.setups) == 1 else None
+    over_time = curves.learning_curves(shown, figure_dir, setup)
+    if not over_time:
+        report.notes.append("learning curves: no evaluation line in the train_log.jsonl of the shown runs")
+    ranks = curves.rank_over_time(shown, figure_dir, setup)
+    if not ranks:
+        report.notes.append("rank over time: no growth_log.jsonl event in the shown growing/masking runs")
+    report.figures += over_time + ranks
+    report.files += report.figures + [path.with_suffix(".pdf") for path in report.figures]
     return report
 
 

@@ -45,7 +45,7 @@ def fake_run(
     primary = PRIMARY.get(task, "accuracy")
     config = {
         "task": {"name": task, "primary_metric": primary},
-        "method": {"name": method},
+        "method": {"name": method, **({"init_rank": 1} if method in ("increlora", "triadapt") else {})},
         "threshold": {"name": threshold or "none"},
         "model": {"name": model},
         "seed": seed,
@@ -89,6 +89,15 @@ def fake_run(
         "provenance": {"git_sha": None, "device": "cpu"},
     }
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # evaluations every 50 steps rising to the best score (train_log.jsonl), and growth events for
+    # the growing methods (growth_log.jsonl), as a real run writes them
+    evals = [{"step": step, "eval": {primary: score - 4.0 * (200 - step) / 150}, "final": step == 200}
+             for step in (50, 100, 150, 200)]
+    (folder / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    if method in ("increlora", "triadapt") and total_rank is not None:
+        growth = [{"step": step, "k": 4, "total_rank": 72 + (total_rank - 72) * (i + 1) // 3, "modules": []}
+                  for i, step in enumerate((60, 100, 140))]
+        (folder / "growth_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in growth))
     if rank_pattern is not None:
         (folder / "rank_pattern.json").write_text(json.dumps(rank_pattern))
     return folder
