@@ -12,7 +12,8 @@ s = T_run / T_paper, keeping the shape of the run (docs/reproducing.md, "Scaled 
   interval is the scaled one, rounded, or the largest below it that still keeps at least as many
   growth steps after t0 as the full-length run has (so every growth event of the full run has a
   step, at nearly the same fraction of the run);
-* AdaLoRA masking: ``t_init``, ``t_final`` scaled and rounded, ``ΔT`` scaled (at least 1).
+* AdaLoRA masking: ``t_init``, ``t_final`` scaled and rounded, ``ΔT`` scaled (at least 1);
+* ALoRA's rounds: K1 and K2 (epochs) as steps of the full-length run, scaled (at least 1).
 
 Pure functions of numbers; ``apply`` writes the values into the config and returns a report
 (paper value -> scaled value per key) for metrics.json.
@@ -111,10 +112,25 @@ def apply(cfg, method: str, run_steps: int, train_size: int) -> dict:
             for part in parents:
                 node = node[part]
             node[leaf] = new
-    return {
+    report = {
         "mode": "scaled",
         "paper_steps": full,
         "run_steps": run_steps,
         "factor": run_steps / full,
         "values": {f"task.{key}": {"paper": old, "scaled": new} for key, (old, new) in values.items()},
     }
+    if method == "alora":
+        report["values"].update(_scale_alora_rounds(cfg, run_steps / full, math.ceil(train_size / int(cfg.task.batch_size))))
+    return report
+
+
+def _scale_alora_rounds(cfg, factor: float, epoch: int) -> dict:
+    """ALoRA's K1 / K2 are epochs of the data (docs/alora.md L6): the full-length run's K1 and K2
+    in steps, scaled, go into ``method.k1_steps`` / ``method.k2_steps`` (which replace the epochs)."""
+    out = {}
+    with open_dict(cfg):
+        for key in ("k1", "k2"):
+            paper = math.floor(float(cfg.method[f"{key}_epochs"]) * epoch + 0.5)
+            cfg.method[f"{key}_steps"] = scale(paper, factor, 1)
+            out[f"method.{key}_steps"] = {"paper": paper, "scaled": cfg.method[f"{key}_steps"]}
+    return out

@@ -41,6 +41,8 @@ DEFAULTS = {
     "rounds": 8,                # N_A
     "k1_epochs": 1.0,           # K1
     "k2_epochs": 0.25,          # K2
+    "k1_steps": None,           # K1 in optimizer steps, replacing k1_epochs (train.schedule=scaled sets it)
+    "k2_steps": None,           # K2 in optimizer steps, replacing k2_epochs
     "val_examples": 32,         # |B_val|
     "examples_per_forward": 256,
     "new_group_lr": "global",
@@ -52,10 +54,14 @@ def _opt(cfg, key):
 
 
 def _schedule(method_cfg, task_cfg, num_examples: int) -> list[int]:
+    """The rounds' optimizer steps: K1, K2 from k1_steps / k2_steps when given, else from the
+    epochs (of the examples left after the held-out batch)."""
     kept = num_examples - int(_opt(method_cfg, "val_examples"))
     steps_per_epoch = math.ceil(kept / int(task_cfg.batch_size))
-    return round_steps(steps_per_epoch, float(_opt(method_cfg, "k1_epochs")), float(_opt(method_cfg, "k2_epochs")),
-                       int(_opt(method_cfg, "rounds")))
+    k1, k2 = _opt(method_cfg, "k1_steps"), _opt(method_cfg, "k2_steps")
+    k1 = float(_opt(method_cfg, "k1_epochs")) if k1 is None else int(k1) / steps_per_epoch
+    k2 = float(_opt(method_cfg, "k2_epochs")) if k2 is None else int(k2) / steps_per_epoch
+    return round_steps(steps_per_epoch, k1, k2, int(_opt(method_cfg, "rounds")))
 
 
 class ALoRA(Method):
@@ -74,6 +80,10 @@ class ALoRA(Method):
                 raise ValueError(f"method.{key} must be an integer >= {low}, not {value!r}")
         if not float(_opt(method_cfg, "k1_epochs")) > 0 or not float(_opt(method_cfg, "k2_epochs")) > 0:
             raise ValueError("method.k1_epochs and method.k2_epochs must be > 0")
+        for key in ("k1_steps", "k2_steps"):
+            value = _opt(method_cfg, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"method.{key} must be an integer >= 1 or null (= from the epochs), not {value!r}")
         if _opt(method_cfg, "new_group_lr") not in GrowingLinearSchedule.POLICIES:
             raise ValueError(f"method.new_group_lr must be one of {GrowingLinearSchedule.POLICIES}")
 
@@ -89,7 +99,7 @@ class ALoRA(Method):
         if steps[-1] >= total_steps:
             raise ValueError(
                 f"the last of the {len(steps)} allocation rounds is at optimizer step {steps[-1]} "
-                f"(K1 = method.k1_epochs, K2 = method.k2_epochs epochs of "
+                f"(K1 = method.k1_epochs / k1_steps, K2 = method.k2_epochs / k2_steps, epochs of "
                 f"{math.ceil((num_examples - held) / int(task_cfg.batch_size))} steps) but the run has "
                 f"{total_steps} steps; lower method.rounds / k1_epochs / k2_epochs or train longer"
             )
