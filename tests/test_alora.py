@@ -278,11 +278,11 @@ def test_scaled_schedule_scales_the_rounds_and_the_smoke_preset_fits_every_glue_
     # MRPC: epoch = ceil(3668 / 32) = 115 steps, full run 115 x 30 = 3450; 120 / 3450 of it:
     # K1 = 115 -> round(4.0) = 4, K2 = round(28.75) = 29 -> round(1.009) = 1
     cfg = compose(["task=mrpc", "method=alora", "+preset=smoke"])
-    report = apply(cfg, "alora", 120, 3668)
+    report = apply(cfg, 120, 3668)
     assert report["values"]["method.k1_steps"] == {"paper": 115, "scaled": 4}
     assert report["values"]["method.k2_steps"] == {"paper": 29, "scaled": 1}
     assert alora_method._schedule(cfg.method, cfg.task, 3668) == list(range(4, 12))
     for task, size in GLUE_TRAIN_SIZES.items():
         cfg = compose([f"task={task}", "method=alora", "+preset=smoke"])
-        apply(cfg, "alora", 120, size)
+        apply(cfg, 120, size)
         ALoRA.check_data(cfg.method, cfg.task, 120, size)

@@ -14,8 +14,8 @@ from adarank.schedule_scaling import ScheduleError, paper_steps, scaled_values
 from tests.conftest import compose
 
 
-def rte():
-    return compose(["task=rte"]).task
+def rte(method: str):
+    return compose(["task=rte", f"method={method}"])
 
 
 def test_paper_steps_of_real_rte():
@@ -28,26 +28,33 @@ def test_rte_scaled_to_300_steps_by_hand():
     # 7 gives 41 (14, ..., 294): the scaled interval is 7
     assert count_growth_steps(3900, 100, 100) == 37
     assert count_growth_steps(300, 8, 8) == 36 and count_growth_steps(300, 8, 7) == 41
-    values = scaled_values(rte(), "triadapt", 300, 3900)
-    assert values == {"warmup_steps": (100, 8), "init_warmup": (100, 8), "incre_interval": (100, 7)}
-    assert scaled_values(rte(), "lora", 300, 3900) == {"warmup_steps": (100, 8)}
+    values = scaled_values(rte("triadapt"), 300, 3900)
+    assert values == {"task.warmup_steps": (100, 8), "task.init_warmup": (100, 8), "task.incre_interval": (100, 7)}
+    assert scaled_values(rte("lora"), 300, 3900) == {"task.warmup_steps": (100, 8)}
 
 
 def test_adalora_rte_scaled_to_300_steps_by_hand():
     # warm-up 200 -> 15.38 -> 15, t_init 600 -> 46.15 -> 46, t_final 1800 -> 138.46 -> 138, deltaT 1 -> 1
-    assert scaled_values(rte(), "adalora", 300, 3900) == {
-        "adalora.warmup_steps": (200, 15),
-        "adalora.init_warmup": (600, 46),
-        "adalora.final_warmup": (1800, 138),
-        "adalora.mask_interval": (1, 1),
+    assert scaled_values(rte("adalora"), 300, 3900) == {
+        "task.adalora.warmup_steps": (200, 15),
+        "task.adalora.init_warmup": (600, 46),
+        "task.adalora.final_warmup": (1800, 138),
+        "task.adalora.mask_interval": (1, 1),
     }
+
+
+def test_alora_phases_in_epochs_scale_like_steps():
+    # an RTE epoch is 3900 / 50 = 78 steps: K1 = 1 epoch = 78 -> round(6.0) = 6; K2 = round(19.5) = 20
+    # steps -> round(1.54) = 2
+    values = scaled_values(rte("alora"), 300, 3900)
+    assert values["method.k1_steps"] == (78, 6) and values["method.k2_steps"] == (20, 2)
 
 
 def test_a_run_too_short_for_the_growth_steps_is_refused_with_the_minimum():
     # 30 steps: t0 = round(0.77) = 1, at most 28 growth steps (2..29) < 37; 1 + 37 + 1 = 39 steps needed
     with pytest.raises(ScheduleError, match="at least 39 steps"):
-        scaled_values(rte(), "increlora", 30, 3900)
-    assert scaled_values(rte(), "increlora", 39, 3900)["incre_interval"] == (100, 1)
+        scaled_values(rte("increlora"), 30, 3900)
+    assert scaled_values(rte("increlora"), 39, 3900)["task.incre_interval"] == (100, 1)
 
 
 def test_scaled_run_writes_the_values_it_used(make_cfg):
@@ -98,9 +105,10 @@ def test_the_smoke_preset_fits_every_glue_task_and_method(task):
     cfg = compose([f"task={task}", "+preset=smoke"])
     assert cfg.train.schedule == "scaled" and cfg.task.max_seq_length == 64
     full = paper_steps(GLUE_TRAIN_SIZES[task], cfg.task.batch_size, cfg.task.epochs)
-    for method in ("lora", "adalora", "increlora", "triadapt"):
-        values = scaled_values(cfg.task, method, cfg.train.max_steps, full)
+    for method in ("lora", "adalora", "increlora", "triadapt", "alora", "dylora"):
+        cfg = compose([f"task={task}", f"method={method}", "+preset=smoke"])
+        values = scaled_values(cfg, cfg.train.max_steps, full)
         if method in ("increlora", "triadapt"):
-            t0, interval = values["init_warmup"][1], values["incre_interval"][1]
-            full_t0, full_interval = values["init_warmup"][0], values["incre_interval"][0]
+            t0, interval = values["task.init_warmup"][1], values["task.incre_interval"][1]
+            full_t0, full_interval = values["task.init_warmup"][0], values["task.incre_interval"][0]
             assert count_growth_steps(cfg.train.max_steps, t0, interval) >= count_growth_steps(full, full_t0, full_interval)

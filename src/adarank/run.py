@@ -65,7 +65,7 @@ def _run_claimed(cfg, threshold, folder, wall_start) -> dict:
     task_data.info["fingerprint"] = fingerprint.of_run(cfg, task_data.info)
     epochs = cfg.train.epochs or cfg.task.epochs
     total_steps = plan_total_steps(len(task_data.train_dataset), cfg.task.batch_size, epochs, cfg.train.max_steps)
-    schedule = _resolve_schedule(cfg, total_steps, task_data.info)
+    schedule = _resolve_schedule(cfg, total_steps, task_data.info["full_train_size"])
     checks.check_schedule(cfg, threshold, total_steps, len(task_data.train_dataset))
 
     # an interrupted run of this config left a checkpoint: continue it (force=true starts afresh)
@@ -155,16 +155,16 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
     }
 
 
-def _resolve_schedule(cfg, total_steps: int, data_info: dict) -> dict:
+def _resolve_schedule(cfg, total_steps: int, full_train_size: int) -> dict:
     """``train.schedule``: the task's values as given, or rescaled to this run (written into
     ``cfg.task`` so that config.yaml and metrics.json hold what the run used)."""
     if cfg.train.schedule != "scaled":
         return {"mode": "paper"}
     try:
-        report = schedule_scaling.apply(cfg, cfg.method.name, total_steps, data_info["full_train_size"])
+        report = schedule_scaling.apply(cfg, total_steps, full_train_size)
     except schedule_scaling.ScheduleError as err:
         raise checks.ConfigError(f"method={cfg.method.name}: {err}") from err
-    changed = ", ".join(f"{k.removeprefix('task.')} {v['paper']}->{v['scaled']}" for k, v in report["values"].items())
+    changed = ", ".join(f"{key} {v['paper']:g}->{v['scaled']:g}" for key, v in report["values"].items())
     log.info("scaled schedule (x%.4f of the %d-step run): %s", report["factor"], report["paper_steps"], changed)
     return report
 

@@ -64,26 +64,33 @@ def scaled_interval(run_steps: int, t0: int, wanted: int, proportional: float) -
     return min(low, max(1, math.floor(proportional + 0.5)))
 
 
-def scaled_values(task_cfg, method: str, run_steps: int, full_steps: int) -> dict[str, tuple[int, int]]:
-    """{dotted task key: (paper value, scaled value)} for every step hyperparameter the method
-    uses. Raises ScheduleError where the run is too short to keep the schedule's shape."""
+def scaled_values(cfg, run_steps: int, full_steps: int) -> dict[str, tuple]:
+    """{dotted config key: (paper value, scaled value)} for every schedule hyperparameter the
+    run's method uses. Raises ScheduleError where the run is too short to keep the schedule's shape."""
+    task, method = cfg.task, cfg.method.name
     factor = run_steps / full_steps
-    out: dict[str, tuple[int, int]] = {}
+    out: dict[str, tuple] = {}
 
     def put(key: str, value: int, minimum: int = 1) -> None:
         out[key] = (int(value), scale(int(value), factor, minimum))
 
     if method == "adalora":
-        ada = task_cfg.adalora
+        ada = task.adalora
         if ada.get("warmup_steps") is not None:
-            put("adalora.warmup_steps", ada.warmup_steps)
-        put("adalora.init_warmup", ada.init_warmup, minimum=0)
-        put("adalora.final_warmup", ada.final_warmup)
-        put("adalora.mask_interval", ada.mask_interval)
+            put("task.adalora.warmup_steps", ada.warmup_steps)
+        put("task.adalora.init_warmup", ada.init_warmup, minimum=0)
+        put("task.adalora.final_warmup", ada.final_warmup)
+        put("task.adalora.mask_interval", ada.mask_interval)
         return out
-    put("warmup_steps", task_cfg.warmup_steps)
+    put("task.warmup_steps", task.warmup_steps)
+    if method == "alora":
+        # K1 / K2 are epochs (docs/alora.md L6): the full-length run's K1 and K2 in steps, scaled,
+        # go into method.k1_steps / k2_steps, which replace the epochs
+        epoch = full_steps // int(task.epochs)
+        for key in ("k1", "k2"):
+            put(f"method.{key}_steps", math.floor(float(cfg.method[f"{key}_epochs"]) * epoch + 0.5))
     if method in GROWING_METHODS:
-        t0, interval = int(task_cfg.init_warmup), int(task_cfg.incre_interval)
+        t0, interval = int(task.init_warmup), int(task.incre_interval)
         wanted = count_growth_steps(full_steps, t0, interval)
         new_t0 = scale(t0, factor, 0)
         new_interval = scaled_interval(run_steps, new_t0, wanted, interval * factor)
@@ -96,41 +103,28 @@ def scaled_values(task_cfg, method: str, run_steps: int, full_steps: int) -> dic
                 "(train.max_steps), or use train.schedule=paper and set task.init_warmup / "
                 "task.incre_interval yourself"
             )
-        out["init_warmup"] = (t0, new_t0)
-        out["incre_interval"] = (interval, new_interval)
+        out["task.init_warmup"] = (t0, new_t0)
+        out["task.incre_interval"] = (interval, new_interval)
     return out
 
 
-def apply(cfg, method: str, run_steps: int, train_size: int) -> dict:
-    """Write the scaled values into ``cfg.task``; return the report for metrics.json."""
+def apply(cfg, run_steps: int, train_size: int) -> dict:
+    """Write the scaled values into ``cfg``; return the report for metrics.json. ``train_size``:
+    the whole training set (before ``train.max_train_samples``)."""
     full = paper_steps(train_size, int(cfg.task.batch_size), int(cfg.task.epochs))
-    values = scaled_values(cfg.task, method, run_steps, full)
+    values = scaled_values(cfg, run_steps, full)
     with open_dict(cfg):
         for key, (_, new) in values.items():
-            node = cfg.task
             *parents, leaf = key.split(".")
+            node = cfg
             for part in parents:
                 node = node[part]
             node[leaf] = new
-    report = {
+    return {
         "mode": "scaled",
         "paper_steps": full,
         "run_steps": run_steps,
         "factor": run_steps / full,
-        "values": {f"task.{key}": {"paper": old, "scaled": new} for key, (old, new) in values.items()},
+        "values": {key: {"paper": old, "scaled": new} for key, (old, new) in values.items()},
     }
-    if method == "alora":
-        report["values"].update(_scale_alora_rounds(cfg, run_steps / full, math.ceil(train_size / int(cfg.task.batch_size))))
-    return report
 
-
-def _scale_alora_rounds(cfg, factor: float, epoch: int) -> dict:
-    """ALoRA's K1 / K2 are epochs of the data (docs/alora.md L6): the full-length run's K1 and K2
-    in steps, scaled, go into ``method.k1_steps`` / ``method.k2_steps`` (which replace the epochs)."""
-    out = {}
-    with open_dict(cfg):
-        for key in ("k1", "k2"):
-            paper = math.floor(float(cfg.method[f"{key}_epochs"]) * epoch + 0.5)
-            cfg.method[f"{key}_steps"] = scale(paper, factor, 1)
-            out[f"method.{key}_steps"] = {"paper": paper, "scaled": cfg.method[f"{key}_steps"]}
-    return out
