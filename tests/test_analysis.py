@@ -184,13 +184,31 @@ def test_shrunk_growth_schedule_keeps_every_run(tmp_path):
         fake_run(root, "rte", "increlora", seed, 71.0, "fixed", model="minilm", overrides=shrunk)
         fake_run(root, "rte", "adalora", seed, 69.0, model="minilm", overrides=shrunk)
     report = build_report(root)
-    assert report.all_setups == ["model=minilm, train.max_steps=60, init_warmup=5, incre_interval=5"]
+    assert report.all_setups == ["model=minilm, train.max_steps=60; growth schedule init_warmup=5, incre_interval=5"]
     t1 = report.tables["table1"]
     setup = report.setups[0]
     for row, mean in (("lora", 70.5), ("triadapt_linear", 72.0), ("increlora", 71.0), ("adalora", 69.0)):
         assert cell(t1, row, "rte", setup=setup)["mean"] == mean
     assert report.left_out.empty and not report.costs.empty
     assert "init_warmup=5" in to_markdown(t1, "table1")
+
+
+def test_method_specific_settings_do_not_split_a_setup(tmp_path):
+    """AdaLoRA's own schedule and the others' LR warm-up differ from the defaults in a mini-sweep:
+    each matters to some methods only, so all runs stay in one setup whose label names them."""
+    root = tmp_path / "raw"
+    common = {"train.max_steps": 60}
+    fake_run(root, "rte", "lora", 0, 70.0, model="minilm", overrides={**common, "task.warmup_steps": 1})
+    fake_run(root, "rte", "adalora", 0, 69.0, model="minilm", overrides={**common, "task.adalora.init_warmup": 2})
+    report = build_report(root)
+    assert report.all_setups == [
+        "model=minilm, train.max_steps=60; adalora: task.adalora.init_warmup=2; lora: task.warmup_steps=1"]
+    t1 = report.tables["table1"]
+    assert cell(t1, "lora", "rte", setup=report.setups[0])["mean"] == 70.0
+    assert cell(t1, "adalora", "rte", setup=report.setups[0])["mean"] == 69.0
+    # two AdaLoRA variants in one setup are not mixed: each gets a setup of its own
+    fake_run(root, "rte", "adalora", 0, 60.0, model="minilm", overrides={**common, "task.adalora.init_warmup": 3})
+    assert len(build_report(root).all_setups) == 3
 
 
 def test_scaled_schedule_runs_compare_on_paper_values(tmp_path):

@@ -45,3 +45,9 @@ def matters(key: str, method: str | None) -> bool:
         if key == prefix or key.startswith(prefix + "."):
             return method in methods
     return True
+
+
+def shared(key: str) -> bool:
+    """True when ``key`` matters to every known method (a setup-wide key such as the model or
+    ``train.max_steps``), False for a method-specific key (``task.adalora.*``, ``task.warmup_steps``)."""
+    return all(matters(key, method) for method in KNOWN_METHODS)

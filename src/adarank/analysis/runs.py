@@ -36,7 +36,7 @@ import pandas as pd
 
 from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.paper import load_paper
-from adarank.analysis.relevance import matters
+from adarank.analysis.relevance import matters, shared
 from adarank.results import NON_SEMANTIC_KEYS, metrics_problems
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def load_runs(root: str | Path, defaults: DefaultConfigs | None = None, dropped:
         rows.append({**run_record(path.parent, metrics, defaults), "status": metrics["status"]})
     if not rows:
         raise NoResultsError(f"no readable run under {root} (every {METRICS_FILE} was skipped, see the warnings)")
-    frame = settle_axes(pd.DataFrame(rows))
+    frame = settle_axes(settle_method_settings(pd.DataFrame(rows)))
     return deduplicate(frame, dropped)
 
 
@@ -180,7 +180,11 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
         else:  # no composable default: compare with the paper's setting
             record[f"{column}_changed"] = key in flat and fallback is not None and not _same(fallback, value)
     other = {} if diffs is None else {k: v for k, v in diffs.items() if k not in AXES}
-    record["setup"] = setup_label(model, other)
+    record["setup"] = setup_label(model, {k: v for k, v in other.items() if shared(k)})
+    # method-specific differences (AdaLoRA's t_init, the LR warm-up of the others): they do not
+    # separate a method's runs from another method's (settle_method_settings)
+    specific = {k: v for k, v in other.items() if not shared(k)}
+    record["method_settings"] = ", ".join(f"{k}={v}" for k, v in sorted(specific.items()))
     semantic = {k: v for k, v in flat.items() if not _ignored(k)}
     semantic["seed"] = record["seed"]
     record["identity"] = json.dumps(semantic, sort_keys=True, default=str)
@@ -201,6 +205,34 @@ def setup_label(model: str, other: dict[str, Any]) -> str:
         return PAPER_SETUP
     parts = [f"model={model}"] + [f"{k}={v}" for k, v in sorted(other.items())]
     return ", ".join(parts)
+
+
+def settle_method_settings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per setup: when every run of a method has the same method-specific settings, the setup's
+    label names them (``...; adalora: task.adalora.init_warmup=2``) and the runs stay in the setup;
+    a method with several variants in one setup has each variant in a setup of its own."""
+    frame = frame.copy()
+    for setup in list(dict.fromkeys(frame["setup"])):
+        in_setup = frame["setup"] == setup
+        notes: dict[str, list[str]] = {}
+        for method in sorted(set(frame.loc[in_setup, "method"])):
+            mine = in_setup & (frame["method"] == method)
+            variants = set(frame.loc[mine, "method_settings"])
+            if len(variants) > 1:
+                for variant in variants:
+                    if variant:
+                        chosen = mine & (frame["method_settings"] == variant)
+                        frame.loc[chosen, "setup"] = _join(setup, f"{method}: {variant}")
+            elif variants != {""}:
+                notes.setdefault(variants.pop(), []).append(method)
+        if notes:
+            extra = "; ".join(f"{'/'.join(methods)}: {settings}" for settings, methods in notes.items())
+            frame.loc[frame["setup"] == setup, "setup"] = _join(setup, extra)
+    return frame
+
+
+def _join(setup: str, extra: str) -> str:
+    return (f"model={PAPER_MODEL}" if setup == PAPER_SETUP else setup) + "; " + extra
 
 
 def settle_axes(frame: pd.DataFrame) -> pd.DataFrame:
@@ -224,8 +256,7 @@ def settle_axes(frame: pd.DataFrame) -> pd.DataFrame:
                 values.append(common)
             extra.append(f"{column}={values[0]}" if len(set(values)) == 1 else f"{column}=per-task values")
         if extra:
-            label = (f"model={PAPER_MODEL}" if setup == PAPER_SETUP else setup) + ", " + ", ".join(extra)
-            frame.loc[in_setup, "setup"] = label
+            frame.loc[in_setup, "setup"] = _join(setup, "growth schedule " + ", ".join(extra))
     return frame
 
 

@@ -204,9 +204,13 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     with fewer than 2 seeds on a side or no spread at all."""
     if len(a) < 2 or len(b) < 2:
         return None
+    import warnings
+
     from scipy.stats import ttest_ind
 
-    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # near-identical seeds: scipy warns, the p-value stays usable
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(ttest_ind(a, b, equal_var=False).pvalue)
     return None if math.isnan(p) else p
 
 
