@@ -25,7 +25,7 @@ def train_py(*args, cwd, check=True):
 def test_multirun_writes_one_folder_per_job_and_reruns_skip(tmp_path, tiny_glue_dir):
     args = [
         "-m", "task=rte,mrpc", "method=lora,bitfit", "model=tiny", f"data.dir={tiny_glue_dir}",
-        "train.max_steps=2", "train.progress=off", f"results.root={tmp_path}/results",
+        "train.max_steps=2", "task.warmup_steps=0", "train.progress=off", f"results.root={tmp_path}/results",
         f"hydra.sweep.dir={tmp_path}/hydra",
     ]
     train_py(*args, cwd=tmp_path)
@@ -33,7 +33,7 @@ def test_multirun_writes_one_folder_per_job_and_reruns_skip(tmp_path, tiny_glue_
     assert found == [("mrpc", "bitfit", "seed0"), ("mrpc", "lora", "seed0"),
                      ("rte", "bitfit", "seed0"), ("rte", "lora", "seed0")]
     variant = next((tmp_path / "results").rglob("metrics.json")).parent.name
-    assert variant.startswith("data.dir") is False and variant.startswith("model=tiny,train.max_steps=2-")
+    assert variant.startswith("data.dir") is False and variant.startswith("model=tiny,task.warmup_steps=0,train.max_steps=2-")
     again = train_py(*args, cwd=tmp_path)
     assert (again.stdout + again.stderr).count("skipping") == 4
 

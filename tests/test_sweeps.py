@@ -173,7 +173,7 @@ def test_real_multirun_with_local_launcher_resumes_then_make_tables(tmp_path, ti
     results = tmp_path / "raw"
     common = [
         sys.executable, str(REPO / "train.py"), "-m", "+sweep=table1", "task=rte", "+sweep/arm=lora",
-        "model=tiny", "train.max_steps=2", "train.progress=off", "task.max_seq_length=32",
+        "model=tiny", "train.max_steps=2", "task.warmup_steps=0", "train.progress=off", "task.max_seq_length=32",
         f"data.dir={tiny_glue_dir}", f"results.root={results}",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "ADARANK_GPU_LOCK_DIR": str(tmp_path / "locks")}
