@@ -15,7 +15,8 @@ from torch import nn
 from adarank.methods.base import StepContext
 from adarank.methods.increlora import IncreLoRA
 from adarank.methods.increlora.allocator import ema_update, growth_k, is_growth_step, select_modules
-from adarank.methods.increlora.layer import RESERVE_E, IncreLinear, gram_orth_penalty, importance
+from adarank.methods.increlora.layer import RESERVE_E, IncreLinear, importance
+from adarank.methods.orthogonal import gram_orth_penalty
 from adarank.results import validate_run_folder
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 from tests.toys import ToyStack

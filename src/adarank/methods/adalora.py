@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from adarank.methods.base import Method, StepContext
-from adarank.methods.increlora.layer import gram_orth_penalty
-from adarank.methods.lora import peft_targets
+from adarank.methods.orthogonal import gram_orth_penalty
+from adarank.methods.peft_support import peft_targets
 
 ADAPTER = "default"
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -187,20 +186,3 @@ def importance_inplace(delta: torch.Tensor, grad_delta: torch.Tensor, score_norm
         return importance(delta, grad_delta, score_norm)
     total = grad_delta.mul_(delta.detach()).abs_().sum()
     return total / (math.sqrt(n) if score_norm == "sqrt_numel" else n)
-
-
-def gram_orth_penalty(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
-    """IncreLoRA/AdaLoRA orthogonal regulariser in its unsquared Gram form (reading A15):
-
-        R = mean over the 2M matrices of ||A Aᵀ - I||_F and ||Bᵀ B - I||_F,
-
-    for pairs (A: r x in, B: out x r). Returns None when there are no pairs.
-    """
-    total, count = None, 0
-    for a, b in pairs:
-        for gram in (a @ a.t(), b.t() @ b):
-            eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
-            term = torch.linalg.matrix_norm(gram - eye, ord="fro")
-            total = term if total is None else total + term
-            count += 1
-    return None if total is None else total / count

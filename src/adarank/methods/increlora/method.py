@@ -31,7 +31,8 @@ from adarank.methods.base import Method, StepContext
 from adarank.methods.lowrank import replace_module
 from adarank.methods.increlora.allocator import ema_update, growth_k, is_growth_step, select_modules
 from adarank.methods.growth_clock import first_growth_step
-from adarank.methods.increlora.layer import SCORE_NORMS, IncreLinear, gram_orth_penalty
+from adarank.methods.increlora.layer import SCORE_NORMS, IncreLinear
+from adarank.methods.orthogonal import gram_orth_penalty
 from adarank.models import adapted_module_names, freeze_all_but_heads
 from adarank.training.distributed import refuse_multiprocess
 
