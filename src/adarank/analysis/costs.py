@@ -71,21 +71,25 @@ def costs_markdown(costs: pd.DataFrame) -> str:
 
 
 def costs_latex(costs: pd.DataFrame) -> str:
+    """One booktabs ``table*`` per setup (pandas' Styler), scaled to the text width."""
     from adarank.analysis.tables import latex_escape
 
-    out = ["% Costs per method and task (means over seeds, default hyperparameters)"]
+    out = ["% Costs per method and task (means over seeds, default hyperparameters)",
+           "% needs \\usepackage{booktabs,graphicx}"]
     if costs.empty:
         return "\n".join(out + ["% No runs."]) + "\n"
     shown = costs_display(costs)
-    for setup in dict.fromkeys(costs["setup"]):
-        frame = shown[shown["setup"] == setup].drop(columns="setup")
-        out += [r"\begin{table}[ht]", r"\centering\scriptsize",
-                f"\\caption{{Costs -- {latex_escape(setup)}}}",
-                r"\begin{tabular}{" + "l" * frame.shape[1] + "}", r"\hline",
-                " & ".join(latex_escape(c) for c in frame.columns) + r" \\", r"\hline"]
-        for _, row in frame.iterrows():
-            out.append(" & ".join(latex_escape(v) for v in row) + r" \\")
-        out += [r"\hline", r"\end{tabular}", r"\end{table}", ""]
+    for number, setup in enumerate(dict.fromkeys(costs["setup"])):
+        frame = shown[shown["setup"] == setup].drop(columns="setup").map(latex_escape)
+        frame.columns = [latex_escape(c) for c in frame.columns]
+        heading = "Paper setup" if setup == PAPER_SETUP else f"Setup: {setup}"
+        text = frame.style.hide(axis="index").to_latex(
+            hrules=True, environment="table*", position="t", position_float="centering",
+            caption=latex_escape(f"Costs per method and task (means over seeds). {heading}."),
+            label="tab:costs" + (f"-{number + 1}" if number else ""), column_format="ll" + "r" * (frame.shape[1] - 2),
+        )
+        text = text.replace("\\begin{tabular}", "\\resizebox{\\textwidth}{!}{%\n\\begin{tabular}")
+        out.append(text.replace("\\end{tabular}", "\\end{tabular}}"))
     return "\n".join(out) + "\n"
 
 
