@@ -183,9 +183,9 @@ def compose_cfg(bc: BenchConfig, label: str, device: torch.device):
 def alora_overrides(bc: BenchConfig) -> list[str]:
     """ALoRA's rounds on the bench's growth clock: 2 batches held out as B_val (so that every
     training batch stays full), the first round at the end of the warm-up, then one every
-    interval, as many as the timed window holds (at most the paper's 8)."""
+    interval, two of them (enough for allocation_s_per_event, the wall time of one round)."""
     epoch = bc.total_steps  # build_runner adds the held-out rows: the rest is one epoch of full batches
-    rounds = min(8, max(1, (bc.steps - 1) // bc.growth_interval))
+    rounds = min(2, max(1, (bc.steps - 1) // bc.growth_interval))  # 2 rounds: the per-round cost, briefly
     return [f"method.val_examples={2 * bc.batch}", f"method.k1_epochs={max(1, bc.warmup) / epoch}",
             f"method.k2_epochs={bc.growth_interval / epoch}", f"method.rounds={rounds}"]
 
