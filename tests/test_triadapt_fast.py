@@ -1,9 +1,13 @@
 """TriAdaptLoRA's fast paths against the straightforward code kept as the oracle
-(``TriAdaptLoRA.fast = False``): blocks stored per growth event in a shared BlockStore, the
-regulariser reusing the forward pass's concatenated A and B, and AdamW's foreach kernels. Same
-losses, parameters, growth log and optimizer state, bit for bit, over a few hundred optimizer
-steps with growth events (with clipping active: the same up to the rounding of the global
-gradient norm, which the two layouts sum in different groupings)."""
+(``TriAdaptLoRA.fast = False``): blocks stored per growth event in a shared BlockStore, every
+layer's factors and the regulariser assembled once per forward pass for all modules (fused.py),
+and AdamW's foreach kernels.
+
+The bound (docs/triadaptlora.md, "Fast path"): the fused forward multiplies x (sDA)ᵀ where the
+oracle multiplies (x Aᵀ)(sD)ᵀ, and the regulariser sums its norms in another order, so the two
+agree to rounding, not bit for bit: over a few hundred optimizer steps with growth events the
+losses agree to a relative 1e-6, the growth events (steps, modules) are the same and the
+parameters agree to rtol 1e-4 / atol 1e-6."""
 
 from __future__ import annotations
 
@@ -59,8 +63,20 @@ def state_by_block(method, model, optimizer) -> dict[str, list[torch.Tensor]]:
     return by_block(method, model, lambda p: [p, *(optimizer.state[p][k] for k in STATE_KEYS)])
 
 
+LOSS_RTOL = 1e-6  # the bound stated in docs/triadaptlora.md
+PARAM_TOL = dict(rtol=1e-4, atol=1e-6)
+
+
+def same_events(slow_log, fast_log) -> None:
+    """The same growth events (steps, modules, ranks); the thresholds (scores) to rounding."""
+    for slow_event, fast_event in zip(slow_log, fast_log, strict=True):
+        slow_event, fast_event = dict(slow_event), dict(fast_event)
+        assert fast_event.pop("threshold") == pytest.approx(slow_event.pop("threshold"), rel=1e-4, abs=1e-9)
+        assert fast_event == slow_event
+
+
 @pytest.mark.parametrize("mode", ["fixed", "linear", "nonlinear"])
-def test_fast_paths_give_the_same_run_bit_for_bit(mode):
+def test_fast_paths_agree_with_the_oracle_within_the_bound(mode):
     slow_method, slow_model, slow_opt, slow_losses = train(False, mode)
     fast_method, fast_model, fast_opt, fast_losses = train(True, mode)
     assert len(slow_method.growth_log) >= 4  # growth events happened among the 300 steps
@@ -71,25 +87,48 @@ def test_fast_paths_give_the_same_run_bit_for_bit(mode):
     assert sum(len(g["params"]) for g in fast_opt.param_groups) == 2 + 3 * events
     assert sum(len(g["params"]) for g in slow_opt.param_groups) == 2 + 4 * sum(
         len(layer.blocks) for layer in slow_method.layers.values())
-    assert fast_losses == slow_losses
-    assert fast_method.growth_log == slow_method.growth_log
+    assert fast_losses == pytest.approx(slow_losses, rel=LOSS_RTOL)
+    same_events(slow_method.growth_log, fast_method.growth_log)
     slow, fast = state_by_block(slow_method, slow_model, slow_opt), state_by_block(fast_method, fast_model, fast_opt)
     assert slow.keys() == fast.keys()
     for name in slow:
-        assert all(torch.equal(a, b) for a, b in zip(slow[name], fast[name], strict=True)), name
+        torch.testing.assert_close(fast[name][0], slow[name][0], **PARAM_TOL, msg=name)  # the parameter
+        assert torch.equal(fast[name][-1], slow[name][-1]), name  # AdamW's step count
+
+
+def test_fused_factors_are_the_per_module_factors():
+    """Every layer's B is gathered exactly; s·D·A and the regulariser equal the per-module
+    arithmetic to rounding, with uneven ranks (several groups)."""
+    method, model, _, _ = train(True, "linear", steps=120)
+    layers = list(method.layers.values())
+    assert len({layer.rank for layer in layers}) > 1  # several (in, out, rank) groups
+    store = layers[0].store
+    factors = store.fused_factors()
+    for layer in layers:
+        da, b = factors.of(layer)
+        assert torch.equal(b, layer.factor_b())
+        torch.testing.assert_close(da, layer.factor_d(layer.scaling) @ layer.factor_a(), rtol=1e-6, atol=1e-7)
+    expected = sum(sum(layer.orthogonality()) for layer in layers)
+    torch.testing.assert_close(factors.orthogonality_sum(), expected, rtol=1e-6, atol=0)
+    assert store.fused_factors() is factors  # reused until something changes ...
+    with torch.no_grad():
+        layers[0].block_tensors().a[0].add_(1.0)  # ... e.g. an in-place change of a stored tensor
+    fresh = store.fused_factors()
+    assert fresh is not factors
+    a = layers[0].factor_a()
+    torch.testing.assert_close(fresh.of(layers[0])[0], layers[0].factor_d(layers[0].scaling) @ a, rtol=1e-6,
+                               atol=1e-7)
 
 
 def test_with_clipping_the_layouts_agree_to_rounding():
     slow_method, slow_model, slow_opt, slow_losses = train(False, "linear", steps=150, max_grad_norm=0.5)
     fast_method, fast_model, fast_opt, fast_losses = train(True, "linear", steps=150, max_grad_norm=0.5)
     assert len(slow_method.growth_log) >= 4
-    for slow_event, fast_event in zip(slow_method.growth_log, fast_method.growth_log, strict=True):
-        assert fast_event.pop("threshold") == pytest.approx(slow_event.pop("threshold"), rel=1e-4)
-        assert fast_event == slow_event  # same steps, same modules grown
+    same_events(slow_method.growth_log, fast_method.growth_log)
     assert fast_losses == pytest.approx(slow_losses, rel=1e-5)
     slow, fast = state_by_block(slow_method, slow_model, slow_opt), state_by_block(fast_method, fast_model, fast_opt)
     for name in slow:
-        torch.testing.assert_close(fast[name][0], slow[name][0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(fast[name][0], slow[name][0], **PARAM_TOL)
 
 
 def test_regulariser_recomputes_when_the_factors_changed_since_the_forward_pass():
@@ -123,5 +162,5 @@ def test_two_forward_passes_before_a_step_accumulate_as_standalone():
             (nn.functional.cross_entropy(model(x), y) + method.extra_loss(model)).backward()
         grads[fast] = by_block(method, model, lambda p: [p.grad])
     assert grads[False].keys() == grads[True].keys()
-    for name, (grad,) in grads[False].items():
-        assert torch.equal(grad, grads[True][name][0]), name
+    for name, (grad,) in grads[False].items():  # the two models trained 60 steps apart: to rounding
+        torch.testing.assert_close(grads[True][name][0], grad, rtol=1e-4, atol=1e-7, msg=name)

@@ -80,7 +80,9 @@ def test_save_load_gives_identical_predictions(tmp_path):
     fresh.eval()
     with torch.no_grad():
         got = fresh(**inputs()).logits
-    assert torch.equal(got, expected)
+    # the loaded adapter runs the per-module path, the trained model the fused one (fused.py):
+    # the same values up to the rounding of x (sDA)ᵀ against (x Aᵀ)(sD)ᵀ
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     loaded = {n: m.rank for n, m in fresh.named_modules() if isinstance(m, TriAdaptLinear)}
     assert loaded == pattern
 

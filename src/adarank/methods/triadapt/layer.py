@@ -24,7 +24,9 @@ Two storages hold these blocks, with the same values and the same arithmetic:
 * shared (``store=BlockStore``, what the method uses): one growth event's blocks of *all* grown
   modules live in a few flat parameters of the store (:mod:`.store`), which hands each layer
   views of its blocks. AdamW, clipping and ``zero_grad`` then see a handful of tensors per event
-  instead of four per block and module.
+  instead of four per block and module. With ``fast`` (the default) the forward pass takes its
+  factors from the store's :meth:`~.store.BlockStore.fused_factors` (all layers assembled at once,
+  :mod:`.fused`) and applies x ↦ W0x + (x (sDA)ᵀ)Bᵀ.
 
 Forward cost: one concatenation of A and of B per block count (not per rank), one r×r assembly,
 and x → xAᵀ → (·)Dᵀ → (·)Bᵀ; the d × n ΔW is never formed (only :meth:`delta_weight`, used for
@@ -227,6 +229,9 @@ class TriAdaptLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 5 as x ↦ W0x + ((x Aᵀ)(s·D)ᵀ)Bᵀ, s = α/(r+ε); ΔW is never formed."""
         out = self.base(x)
+        if self.fast and self.store is not None:  # all layers' factors at once (fused.py)
+            da, b = self.store.fused_factors().of(self)
+            return out + F.linear(F.linear(self.dropout(x), da), b)
         blocks = self.block_tensors()
         a, b = self.factor_a(blocks), self.factor_b(blocks)
         if self.fast and torch.is_grad_enabled():

@@ -146,8 +146,12 @@ class TriAdaptLoRA(Method):
         if not self.options["orth_reg"] or coef == 0.0 or not self.layers:
             return None
         device = next(iter(self.layers.values())).base.weight.device
+        store = next(iter(self.layers.values())).store
         with torch.autocast(device.type, enabled=False):  # Gram matrices in fp32 even under bf16
-            total = sum(sum(layer.orthogonality()) for layer in self.layers.values())
+            if self.fast and store is not None:  # grouped over all modules, reusing the forward's A, B
+                total = store.fused_factors().orthogonality_sum()
+            else:
+                total = sum(sum(layer.orthogonality()) for layer in self.layers.values())
         return coef * total / (2 * len(self.layers))
 
     def before_optimizer_step(self, ctx: StepContext) -> None:

@@ -11,13 +11,11 @@ keeps the blocks of one growth event, for every module grown in it, in at most f
   side; a module's block is a column range;
 * ``LU``: the packed new L and U values (Eq. 8-9) of every grown module, one after the other.
 
-Each training forward pass splits every event tensor once (``torch.split``: views, one autograd
-node per tensor whose backward is a single concatenation) and every layer takes its pieces.
-The pieces have the values and shapes of the standalone layout's parameters, the layer does the
-same arithmetic on them, and AdamW is element-wise, so a run gives the same numbers as with the
-standalone layout (tests/test_triadapt_fast.py). Only the global gradient norm used for
-clipping is summed in another grouping, so where clipping is active the two layouts agree to
-rounding, not bit for bit.
+:meth:`BlockStore.blocks_of` splits every event tensor (``torch.split``: views) and hands a
+layer its pieces, with the values and shapes of the standalone layout's parameters (saving,
+scoring, merging, a layer with ``fast = False``). The training forward pass and the regulariser
+instead take every layer's factors at once from :meth:`BlockStore.fused_factors` (fused.py),
+which equal the per-module arithmetic to rounding (the bound: tests/test_triadapt_fast.py).
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from adarank.methods.triadapt.fused import Factors, Layout
 from adarank.methods.triadapt.layer import Blocks, TriAdaptLinear
 
 #: the attribute under which the model owns its store (so that ``named_parameters`` has it)
@@ -46,6 +45,12 @@ class BlockStore(nn.Module):
         self._generation = 0  # bumped before every forward pass of the model (see attach_to)
         self._splits: list[dict[str, tuple[torch.Tensor, ...]]] | None = None
         self._splits_key: tuple | None = None
+        # every attached layer in the order first grown (references, not submodules: the model owns
+        # them), and the fused factors of the last forward pass with their layout (fused.py)
+        self.__dict__["_layers"] = []
+        self._layout = None
+        self._fused = None
+        self._fused_key: tuple | None = None
 
     # -- growth ----------------------------------------------------------------------------
     def grow(self, layers: list[TriAdaptLinear], size: int, zero_b: bool = False) -> list[nn.Parameter]:
@@ -56,6 +61,8 @@ class BlockStore(nn.Module):
         for layer in layers:
             if layer.store is not self:
                 raise ValueError("the layer belongs to another store")
+            if not layer.store_slots:
+                self.__dict__["_layers"].append(layer)
             a, b, lower, upper = layer.new_block(size, zero_b)
             a_key, b_key = f"A{layer.in_features}", f"B{layer.out_features}"
             slot = [len(self.events)]
@@ -75,6 +82,7 @@ class BlockStore(nn.Module):
             layer.store_slots.append(slot)
             layer.add_block(size)
         self._splits = None
+        self._layout = self._fused = None
         return list(event.parameters())
 
     # -- views -----------------------------------------------------------------------------
@@ -106,6 +114,18 @@ class BlockStore(nn.Module):
         an AdamW moment) cut into the per-module pieces, in the order they were stored."""
         return torch.split(tensor, self.split_sizes[event][name], dim=split_dim(name))
 
+    def fused_factors(self) -> Factors:
+        """Every layer's factors of the current forward pass (fused.py), assembled at the first
+        request of a pass and reused until the next pass, event, optimizer step or grad-mode switch."""
+        key = self.version_key()
+        if self._fused is None or key != self._fused_key:
+            device = self.events[0]._parameters["LU"].device
+            if self._layout is None or self._layout.device != device:
+                self._layout = Layout(self, self.__dict__["_layers"], device)
+            self._fused = Factors(self._layout, self)
+            self._fused_key = key
+        return self._fused
+
     def blocks_of(self, layer: TriAdaptLinear) -> Blocks:
         """The layer's blocks, in its block order, as views of the event tensors."""
         splits = self._split_all()
@@ -134,4 +154,5 @@ class BlockStore(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double(): the views are stale
         self._splits = None
+        self._layout = self._fused = None
         return super()._apply(fn, *args, **kwargs)
