@@ -4,6 +4,7 @@ a 2-core CPU). See docs/performance.md for how to read the output.
     python scripts/bench.py                                   # tiny + base presets, all methods
     python scripts/bench.py --preset base --batch 32 --seq-len 128 --steps 64   # e.g. on a GPU
     python scripts/bench.py --methods lora,triadapt-linear,increlora --preset tiny --steps 8
+    python scripts/bench.py --whole-run --task rte --steps 150 --seq-len 32   # whole runs, base preset
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from adarank.bench import (  # noqa: E402
     BenchConfig,
     markdown_table,
     ops_table,
+    whole_run_table,
     run_bench,
     write_report,
 )
@@ -50,6 +52,12 @@ def main(argv=None) -> int:
     p.add_argument("--steady", action="store_true",
                    help="grow from step 1 every step (init_warmup 0) so that fixed-k methods reach their final "
                         "rank during the warm-up and the timed steps run at it (use --warmup > 8)")
+    p.add_argument("--whole-run", action="store_true",
+                   help="every method through --steps steps with the task's schedule rescaled to them "
+                        "(train.schedule=scaled); all steps timed; base preset, batch 4, seq 32, 150 steps, "
+                        "lora,adalora,increlora,triadapt-fixed,triadapt-linear and no op counts by default")
+    p.add_argument("--train-size", type=int, default=None,
+                   help="whole-run: the task's training-set size (default: the GLUE split size)")
     p.add_argument("--no-ops", action="store_true", help="skip the operator counts")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
     p.add_argument("--out", default="results/bench/bench.json", help="JSON output ({preset} is substituted)")
@@ -60,6 +68,11 @@ def main(argv=None) -> int:
         "tiny": dict(batch=16, seq_len=64, steps=48, warmup=4, methods=",".join(DEFAULT_METHODS)),
         "base": dict(batch=4, seq_len=64, steps=8, warmup=2, methods=",".join(BASE_DEFAULT_METHODS)),
     }
+    if args.whole_run:
+        defaults = {name: dict(batch=4, seq_len=32, steps=150, warmup=0,
+                               methods="lora,adalora,increlora,triadapt-fixed,triadapt-linear") for name in PRESETS}
+        if args.preset == p.get_default("preset"):
+            args.preset = "base"
     presets = [x.strip() for x in args.preset.split(",") if x.strip()]
     for preset in presets:
         d = defaults.get(preset, defaults["tiny"])
@@ -68,7 +81,7 @@ def main(argv=None) -> int:
             batch=args.batch or d["batch"],
             seq_len=args.seq_len or d["seq_len"],
             steps=args.steps or d["steps"],
-            warmup=args.warmup or d["warmup"],
+            warmup=d["warmup"] if args.warmup is None else args.warmup,
             interval=args.interval,
             top_h=args.top_h,
             task=args.task,
@@ -77,7 +90,9 @@ def main(argv=None) -> int:
             precision=args.precision,
             threads=args.threads or None,
             memory=not args.no_memory,
-            ops=not args.no_ops,
+            ops=not (args.no_ops or args.whole_run),
+            whole_run=args.whole_run,
+            train_size=args.train_size,
             steady=args.steady,
         )
         report = run_bench(bc, log=lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -88,9 +103,11 @@ def main(argv=None) -> int:
         write_report(report, out)
         m = report["machine"]
         print(f"\n### preset {preset}: batch {bc.batch} x seq {bc.seq_len}, {bc.steps} timed steps "
-              f"(+{bc.warmup} warm-up), interval {bc.growth_interval}, {m['device']} "
+              f"(+{bc.warmup} warm-up), "
+              f"{'task ' + bc.task + ' schedule scaled to the run' if bc.whole_run else f'interval {bc.growth_interval}'}, "
+              f"{m['device']} "
               f"({m.get('gpu') or m['cpu']}, {m['torch_threads']} thread(s))\n")
-        print(markdown_table(report))
+        print(whole_run_table(report) if bc.whole_run else markdown_table(report))
         if bc.ops:
             print(f"\nOperators per training step at the final rank (counted apart: batch "
                   f"{OPS_SHAPE['batch']} x {OPS_SHAPE['seq_len']}, steady schedule; 'kernels' = non-view ops)\n")

@@ -116,6 +116,31 @@ def test_operator_counts_attribute_each_methods_overhead():
     assert ops_table(report).count("\n") == 1 + len(rows)
 
 
+def test_whole_run_mode_scales_the_task_schedule_and_times_every_step():
+    from adarank.bench import whole_run_table
+    from adarank.schedule_scaling import paper_steps, scaled_values
+
+    methods = ["lora", "triadapt-fixed"]
+    bc = BenchConfig(preset="tiny", batch=2, seq_len=8, steps=45, warmup=0, task="rte", methods=tuple(methods),
+                     memory=False, ops=False, whole_run=True)
+    report = run_bench(bc, log=lambda _: None)
+    check_schema(report, methods, steps=45)
+    rows = {row["method"]: row for row in report["results"]}
+    tri = rows["triadapt-fixed"]
+    # the RTE schedule of Table V (32 x 50 epochs over 2,490 examples = 3,900 steps) scaled to 45 steps
+    from omegaconf import OmegaConf
+
+    rte = OmegaConf.load(REPO / "conf" / "task" / "rte.yaml")
+    expected = scaled_values(rte, "triadapt", 45, paper_steps(2490, 32, 50))
+    assert tri["schedule"]["init_warmup"] == expected["init_warmup"][1]
+    assert tri["schedule"]["incre_interval"] == expected["incre_interval"][1]
+    assert tri["schedule"]["top_h"] == rte.top_h and tri["events_timed"] >= 1  # the task's own top_h
+    assert rows["lora"]["schedule"]["warmup_steps"] == expected["warmup_steps"][1]
+    assert tri["total_step_s"] == pytest.approx(sum(tri["step_seconds"]))
+    assert rows["lora"]["total_x_lora"] == 1.0 and tri["total_x_lora"] > 0
+    assert whole_run_table(report).count("\n") == 1 + len(methods)
+
+
 def test_turns_alternate_between_runners():
     turns, order = Turns(3), []
     import threading

@@ -117,6 +117,11 @@ class BenchConfig:
     steady: bool = False
     #: count the operators of a step at the final rank (adarank.op_count), in a separate pass
     ops: bool = True
+    #: whole-run mode: every method trains ``steps`` steps (``warmup`` 0 times them all) with the
+    #: task's own schedule rescaled to them (adarank.schedule_scaling, train.schedule=scaled)
+    whole_run: bool = False
+    #: full training-set size that sets the scaling factor (None = GLUE_TRAIN_SIZES[task])
+    train_size: int | None = None
 
     @property
     def total_steps(self) -> int:
@@ -140,6 +145,11 @@ class BenchConfig:
         return out
 
 
+#: training examples of the GLUE tasks (the published split sizes): T_paper of the whole-run mode
+GLUE_TRAIN_SIZES = {"mnli": 392_702, "sst2": 67_349, "cola": 8_551, "qqp": 363_846, "qnli": 104_743,
+                    "rte": 2_490, "mrpc": 3_668, "stsb": 5_749}
+
+
 # -- configuration ---------------------------------------------------------------------------
 def compose_cfg(bc: BenchConfig, label: str, device: torch.device):
     """The harness config of one benchmarked method (Hydra compose of conf/ + overrides)."""
@@ -147,7 +157,7 @@ def compose_cfg(bc: BenchConfig, label: str, device: torch.device):
 
     registry_name, threshold = METHODS[label]
     preset = PRESETS[bc.preset]
-    overrides = [
+    common = [
         f"task={bc.task}",
         f"method={registry_name or 'full'}",
         f"threshold={threshold}",
@@ -156,6 +166,17 @@ def compose_cfg(bc: BenchConfig, label: str, device: torch.device):
         f"seed={bc.seed}",
         f"task.batch_size={bc.batch}",
         f"task.max_seq_length={bc.seq_len}",
+        f"train.eval_interval={bc.total_steps + 1}",
+        f"train.log_interval={bc.total_steps + 1}",
+        "train.progress=off",
+        f"train.device={device.type}",
+        f"train.precision={bc.precision or ('bf16' if device.type == 'cuda' else 'fp32')}",
+        "logger=none",
+    ]
+    if bc.whole_run:
+        return compose_whole_run(bc, label, common)
+    overrides = [
+        *common,
         f"task.warmup_steps={bc.warmup}",
         f"task.init_warmup={bc.growth_start}",
         f"task.incre_interval={bc.growth_interval}",
@@ -164,12 +185,6 @@ def compose_cfg(bc: BenchConfig, label: str, device: torch.device):
         f"task.adalora.mask_interval={bc.growth_interval}",
         f"task.adalora.warmup_steps={bc.warmup}",
         "task.adalora.warmup_ratio=null",
-        f"train.eval_interval={bc.total_steps + 1}",
-        f"train.log_interval={bc.total_steps + 1}",
-        "train.progress=off",
-        f"train.device={device.type}",
-        f"train.precision={bc.precision or ('bf16' if device.type == 'cuda' else 'fp32')}",
-        "logger=none",
     ]
     modules = num_adapted_modules(PRESETS[bc.preset].get("num_layers", None) or None)
     overrides.append(f"task.top_h={bc.top_h or modules}")
@@ -188,6 +203,31 @@ def alora_overrides(bc: BenchConfig) -> list[str]:
     rounds = min(2, max(1, (bc.steps - 1) // bc.growth_interval))  # 2 rounds: the per-round cost, briefly
     return [f"method.val_examples={2 * bc.batch}", f"method.k1_epochs={max(1, bc.warmup) / epoch}",
             f"method.k2_epochs={bc.growth_interval / epoch}", f"method.rounds={rounds}"]
+
+
+def compose_whole_run(bc: BenchConfig, label: str, overrides: list[str]):
+    """Whole-run mode: the task's own schedule (LR warm-up, t0 and growth interval, top_h,
+    AdaLoRA's t_init / t_final / ΔT) rescaled to the bench's steps by train.schedule=scaled's
+    rule (adarank.schedule_scaling), so every method keeps the shape of its full-length run."""
+    from hydra import compose, initialize_config_dir
+
+    from adarank import schedule_scaling
+
+    registry_name, threshold = METHODS[label]
+    size = bc.train_size or GLUE_TRAIN_SIZES.get(bc.task)
+    if size is None:
+        raise ValueError(f"whole-run mode needs the training-set size of task {bc.task!r} (train_size)")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        task_batch = int(compose("config", overrides=[f"task={bc.task}"]).task.batch_size)
+        cfg = compose("config", overrides=[*overrides, "train.schedule=scaled"])
+    if registry_name is not None:  # T_paper counts the task's own batches, not the bench's
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.task.batch_size = task_batch
+            schedule_scaling.apply(cfg, registry_name, bc.total_steps, size)
+            cfg.task.batch_size = bc.batch
+    return cfg, registry_name, threshold
 
 
 def num_adapted_modules(model_cfg_or_layers) -> int:
@@ -393,7 +433,7 @@ def run_threads(bc: BenchConfig, runners: list[Runner], datasets: list[list]) ->
 # -- operator counts ---------------------------------------------------------------------------
 #: the counting pass: steady schedule (final rank reached in the warm-up), a small batch (the
 #: number of operators does not depend on the batch or the sequence length)
-OPS_SHAPE = dict(batch=2, seq_len=16, warmup=10, steps=3, steady=True, memory=False, ops=False)
+OPS_SHAPE = dict(batch=2, seq_len=16, warmup=10, steps=3, steady=True, memory=False, ops=False, whole_run=False)
 
 
 def count_method_ops(bc: BenchConfig, label: str, device: torch.device) -> dict:
@@ -408,7 +448,8 @@ def count_method_ops(bc: BenchConfig, label: str, device: torch.device) -> dict:
     method, model, cfg = runner.method, runner.model, runner.cfg
     total = cbc.total_steps
     method.set_total_steps(total)
-    optimizer = build_optimizer(method.optimizer_groups(model, float(cfg.task.weight_decay)), float(cfg.task.lr))
+    optimizer = build_optimizer(method.optimizer_groups(model, float(cfg.task.weight_decay)), float(cfg.task.lr),
+                                str(cfg.train.get("optimizer", "adamw_torch")))
     warmup = method.lr_warmup_steps(total)
     scheduler = GrowingLinearSchedule(optimizer, cfg.task.warmup_steps if warmup is None else warmup, total)
     counter = OpCounter()
@@ -458,6 +499,7 @@ def summarise(bc: BenchConfig, runner: Runner) -> dict:
         "median_step_s": statistics.median(seconds),
         "min_step_s": min(seconds),
         "mean_step_s": statistics.fmean(seconds),
+        "total_step_s": sum(seconds),
         "max_step_s": max(seconds),
         "allocation_s_total": sum(alloc),
         "allocation_s_per_step": statistics.fmean(alloc),
@@ -475,6 +517,12 @@ def summarise(bc: BenchConfig, runner: Runner) -> dict:
         "trainable_params_end": count_trainable(runner.model),
         "step_seconds": seconds,
     }
+    if bc.whole_run:  # the rescaled schedule this method ran with
+        task = runner.cfg.task
+        keys = ("warmup_steps", "init_warmup", "incre_interval", "top_h")
+        out["schedule"] = {k: task.get(k) for k in keys}
+        out["schedule"].update({f"adalora.{k}": task.adalora.get(k) for k in ("init_warmup", "final_warmup",
+                                                                                "mask_interval", "warmup_steps")})
     if runner.device.type == "cuda":
         out["tokens_per_s"] = bc.batch * bc.seq_len / out["median_step_s"]
     return out
@@ -482,6 +530,10 @@ def summarise(bc: BenchConfig, runner: Runner) -> dict:
 
 def add_ratios(rows: list[dict]) -> None:
     by = {r["method"]: r for r in rows}
+    for ref in ("lora", "adalora", "increlora"):  # whole-run totals (same steps, interleaved)
+        if ref in by:
+            for r in rows:
+                r[f"total_x_{ref}"] = r["total_step_s"] / by[ref]["total_step_s"]
     for ref, key in (("lora", "x_lora"), ("floor", "x_floor")):
         base = by.get(ref)
         for r in rows:
@@ -590,8 +642,8 @@ def run_bench(bc: BenchConfig, log=print) -> dict:
         raise ValueError(f"unknown bench method(s) {unknown}; choose from {list(METHODS)}")
     if bc.preset not in PRESETS:
         raise ValueError(f"unknown preset {bc.preset!r}; choose one of {list(PRESETS)}")
-    if bc.steps < 1 or bc.warmup < 1:
-        raise ValueError("steps and warmup must be >= 1")
+    if bc.steps < 1 or bc.warmup < (0 if bc.whole_run else 1):
+        raise ValueError("steps must be >= 1, and warmup >= 1 (>= 0 in whole-run mode)")
     if bc.threads:
         torch.set_num_threads(int(bc.threads))
     device = pick(bc.device)
@@ -681,6 +733,21 @@ def ops_table(report: dict) -> str:
                  _fmt(r["kernels_regulariser"], ","), _fmt(r["kernels_update"], ","), _fmt(r["kernels_hooks"], ","),
                  _fmt(r["kernels_scoring_per_step"], ","), _fmt(r["kernels_hooks_per_event"], ","),
                  _fmt(r["ops_total_rank"], "d")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def whole_run_table(report: dict) -> str:
+    """Whole-run mode: totals per method and their ratios (the paper's efficiency claim)."""
+    head = ("| method | train s | mean step s | alloc s | alloc share | events | final rank | peak MiB "
+            "| × LoRA | × AdaLoRA | × IncreLoRA |")
+    lines = [head, "|---|" + "---:|" * 10]
+    for r in report["results"]:
+        cells = [r["method"], _fmt(r["total_step_s"], ".1f"), _fmt(r["mean_step_s"], ".3f"),
+                 _fmt(r["allocation_s_total"], ".2f"), _fmt(r["allocation_share"], ".2%"), str(r["events_timed"]),
+                 _fmt(r["total_rank_end"], "d"), _fmt(r.get("peak_memory_mb"), ".0f"),
+                 _fmt(r.get("total_x_lora"), ".3f"), _fmt(r.get("total_x_adalora"), ".3f"),
+                 _fmt(r.get("total_x_increlora"), ".3f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
