@@ -131,11 +131,12 @@ def test_whole_run_mode_scales_the_task_schedule_and_times_every_step():
     from omegaconf import OmegaConf
 
     rte = OmegaConf.load(REPO / "conf" / "task" / "rte.yaml")
-    expected = scaled_values(rte, "triadapt", 45, paper_steps(2490, 32, 50))
-    assert tri["schedule"]["init_warmup"] == expected["init_warmup"][1]
-    assert tri["schedule"]["incre_interval"] == expected["incre_interval"][1]
+    cfg = OmegaConf.create({"task": rte, "method": {"name": "triadapt"}})
+    expected = scaled_values(cfg, 45, paper_steps(2490, 32, 50))
+    assert tri["schedule"]["init_warmup"] == expected["task.init_warmup"][1]
+    assert tri["schedule"]["incre_interval"] == expected["task.incre_interval"][1]
     assert tri["schedule"]["top_h"] == rte.top_h and tri["events_timed"] >= 1  # the task's own top_h
-    assert rows["lora"]["schedule"]["warmup_steps"] == expected["warmup_steps"][1]
+    assert rows["lora"]["schedule"]["warmup_steps"] == expected["task.warmup_steps"][1]
     assert tri["total_step_s"] == pytest.approx(sum(tri["step_seconds"]))
     assert rows["lora"]["total_x_lora"] == 1.0 and tri["total_x_lora"] > 0
     assert whole_run_table(report).count("\n") == 1 + len(methods)

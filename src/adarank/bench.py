@@ -220,13 +220,12 @@ def compose_whole_run(bc: BenchConfig, label: str, overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         task_batch = int(compose("config", overrides=[f"task={bc.task}"]).task.batch_size)
         cfg = compose("config", overrides=[*overrides, "train.schedule=scaled"])
-    if registry_name is not None:  # T_paper counts the task's own batches, not the bench's
-        from omegaconf import open_dict
+    from omegaconf import open_dict
 
-        with open_dict(cfg):
-            cfg.task.batch_size = task_batch
-            schedule_scaling.apply(cfg, registry_name, bc.total_steps, size)
-            cfg.task.batch_size = bc.batch
+    with open_dict(cfg):  # T_paper counts the task's own batches, not the bench's
+        cfg.task.batch_size = task_batch
+        schedule_scaling.apply(cfg, bc.total_steps, size)
+        cfg.task.batch_size = bc.batch
     return cfg, registry_name, threshold
 
 
