@@ -108,9 +108,11 @@ def test_every_adapter_method_round_trips_through_plain_peft(tmp_path, tiny_glue
     config = json.loads((tmp_path / "adalora_peft" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and set(config["modules_to_save"]) == {"classifier", "pooler"}
     kept = json.loads((folders["adalora"] / "rank_pattern.json").read_text())
-    ranks = {name: config["rank_pattern"].get(name, config["r"]) for name in config["target_modules"]}
+    ranks = json.loads((tmp_path / "adalora_peft" / "adarank_export.json").read_text())["ranks"]
     assert ranks == {name: r for name, r in kept.items() if r > 0}  # each module at the rank its mask kept
-    assert all(config["alpha_pattern"].get(n, config["lora_alpha"]) == r for n, r in ranks.items())
+    for name, r in ranks.items():  # per-module rank and alpha = r (scaling 1) through the patterns
+        assert config["rank_pattern"].get(name, config["r"]) == r
+        assert config["alpha_pattern"].get(name, config["lora_alpha"]) == r
 
 
 def test_export_refuses_what_peft_cannot_express(tmp_path, tiny_glue_dir):

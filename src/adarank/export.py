@@ -275,7 +275,7 @@ def build_peft_model(trained: Trained):
         for name, state in heads.items():
             plain.get_submodule(name).modules_to_save[ADAPTER_NAME].load_state_dict(state)
     peft_model.eval()
-    return peft_model, config
+    return peft_model, config, ranks
 
 
 def probe_batch(trained: Trained, size: int = 4, length: int = 24) -> dict[str, torch.Tensor]:
@@ -307,7 +307,7 @@ def self_check(trained: Trained, exported: nn.Module) -> float:
 def export(run_dir: str | Path, out_dir: str | Path, merged: bool = False) -> dict:
     """Write the export; return a summary (also written as OUT_DIR/adarank_export.json)."""
     trained = load_run(run_dir)
-    peft_model, config = build_peft_model(trained)
+    peft_model, config, ranks = build_peft_model(trained)
     difference = self_check(trained, peft_model)
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -330,7 +330,8 @@ def export(run_dir: str | Path, out_dir: str | Path, merged: bool = False) -> di
         "base_model": base_name,
         "head": trained.head,
         "num_labels": trained.num_labels,
-        "modules": len(config.target_modules),
+        "modules": len(ranks),  # peft may save target_modules as shorter suffixes matching the same modules
+        "ranks": ranks,
         "rank_pattern": {n: int(r) for n, r in (config.rank_pattern or {}).items()},
         "r": config.r,
         "modules_to_save": list(config.modules_to_save),
