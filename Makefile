@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 GLUE_DIR ?= ../shared/data/glue
 RESULTS ?= results/raw
-DEMO_STEPS ?= 60
+DEMO_STEPS ?= 50
 # one intra-op thread: on our 2-core VMs a MiniLM step is about 5x slower with two
 DEMO_THREADS ?= 1
 
@@ -34,7 +34,7 @@ test-fast: setup
 demo: setup
 	$(if $(wildcard $(GLUE_DIR)),HF_HUB_OFFLINE=1,) $(PY) train.py task=stsb method=triadapt threshold=linear model=minilm \
 	  $(if $(wildcard $(GLUE_DIR)),data.dir=$(GLUE_DIR),) train.schedule=scaled \
-	  task.max_seq_length=64 train.num_threads=$(DEMO_THREADS) train.max_steps=$(DEMO_STEPS) train.eval_interval=30 results.root=results/demo
+	  task.max_seq_length=64 train.num_threads=$(DEMO_THREADS) train.max_steps=$(DEMO_STEPS) results.root=results/demo
 
 # the mini reproduction of Table I on CPU (docs/mini-reproduction.md): MiniLM on real MRPC and STS-B,
 # every arm x 3 seeds, two one-thread jobs at a time; resumable (finished runs are skipped)

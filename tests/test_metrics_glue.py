@@ -27,6 +27,8 @@ def test_pearson_and_spearman():
 
 def test_constant_prediction_has_zero_correlation():
     assert glue_metrics("stsb", [1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) == {"pearson": 0.0, "spearman": 0.0}
+    # a constant whose float std is 4e-16, not 0 (the STS-B trivial baseline printed nan before)
+    assert glue_metrics("stsb", [2.7] * 7, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 2.5]) == {"pearson": 0.0, "spearman": 0.0}
 
 
 def test_mismatched_lengths_and_unknown_tasks_are_errors():

@@ -49,6 +49,7 @@ def glue_metrics(task: str, predictions, references) -> dict[str, float]:
 
 def _correlation(fn, preds, refs) -> float:
     # a constant prediction (e.g. an untrained regressor) has no defined correlation: report 0
-    if np.std(preds) == 0 or np.std(refs) == 0:
+    # (np.ptp, not np.std: the std of equal floats can come out as 1e-16 instead of 0)
+    if np.ptp(preds) == 0 or np.ptp(refs) == 0:
         return 0.0
     return float(fn(preds.astype(np.float64), refs.astype(np.float64))[0])
