@@ -375,3 +375,23 @@ def test_left_out_runs_and_figure_notes_say_why(tmp_path):
     assert any("1 run(s) have rank patterns, 0 of them" in note for note in report.notes)
     assert "left out" in (tmp_path / "tables" / "table1.md").read_text()
     assert (tmp_path / "tables" / "left_out.csv").is_file()
+
+
+def test_dylora_per_rank_table_is_mean_and_std_over_seeds(tmp_path):
+    import json as _json
+
+    from adarank.analysis.report import write_report
+
+    for seed, scores in ((0, {"1": 60.0, "2": 70.0}), (1, {"1": 62.0, "2": 74.0})):
+        folder = fake_run(tmp_path / "raw", "rte", "dylora", seed, scores["2"])
+        metrics = _json.loads((folder / "metrics.json").read_text())
+        metrics["by_rank"] = {rank: {"accuracy": value} for rank, value in scores.items()}
+        (folder / "metrics.json").write_text(_json.dumps(metrics))
+    fake_run(tmp_path / "raw", "rte", "lora", 0, 70.0)  # no by_rank: not in the table
+    write_report(tmp_path / "raw", tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "dylora_ranks.csv")
+    assert list(table["rank"]) == [1, 2] and list(table["n"]) == [2, 2]
+    assert list(table["mean"]) == [61.0, 72.0]
+    assert table["std"].tolist() == pytest.approx([2 ** 0.5, 8 ** 0.5])
+    text = (tmp_path / "out" / "dylora_ranks.md").read_text()
+    assert "61.00 ± 1.41 (n=2)" in text and "72.00 ± 2.83 (n=2)" in text

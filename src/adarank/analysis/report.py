@@ -1,5 +1,6 @@
 """Everything `make tables` writes, from a results tree: Tables I-IV (Markdown, LaTeX, tidy CSV),
-the cost table, Figures 2-5, learning curves and rank over time (each as PDF and PNG), runs.csv (one line per run found) and left_out.csv (every
+the cost table, Figures 2-5, learning curves and rank over time (each as PDF and PNG), DyLoRA's
+per-rank table (dylora_ranks.md/.csv, when a DyLoRA run has one), runs.csv (one line per run found) and left_out.csv (every
 finished run a table does not show, with the reason).
 
 Tables and figures show one setup (``setup=None``: the paper setup when the tree has it, else the
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from adarank.analysis import costs as cost_table
-from adarank.analysis import curves, figures, tables
+from adarank.analysis import curves, dylora_ranks, figures, tables
 from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.runs import load_runs
 
@@ -106,10 +107,14 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
         _write(out / "costs.md", cost_table.costs_markdown(report.costs)),
         _write(out / "costs.tex", cost_table.costs_latex(report.costs)),
         _write_csv(out / "costs.csv", report.costs),
-        _write_csv(out / "runs.csv", report.runs.drop(columns=["best", "final", "identity"])),
+        _write_csv(out / "runs.csv", report.runs.drop(columns=["best", "final", "identity", "by_rank"])),
         _write_csv(out / "left_out.csv", report.left_out),
     ]
     shown = report.runs[report.runs["setup"].isin(report.setups) & (report.runs["status"] == "completed")]
+    per_rank = dylora_ranks.build(shown)
+    if not per_rank.empty:
+        report.files += [_write(out / "dylora_ranks.md", dylora_ranks.to_markdown(per_rank)),
+                         _write_csv(out / "dylora_ranks.csv", per_rank)]
     drawn = figures.figure2(shown, figure_dir)
     if not drawn:
         report.notes.append(figures.figure2_note(report.runs, report.setups))

@@ -152,6 +152,8 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
         "best": {k: v for k, v in best.items() if k != "step"},
         "final": {k: v for k, v in final.items() if k != "step"},
         "total_rank": _number(rank.get("total_rank")),
+        # DyLoRA: the primary metric at every rank 1..r_max of one trained adapter
+        "by_rank": {k: _number(v.get(primary)) for k, v in (metrics.get("by_rank") or {}).items() if isinstance(v, dict)},
         "adapted_modules": _number(rank.get("adapted_modules")),
         "mtime": (folder / METRICS_FILE).stat().st_mtime,
         "defaults_known": diffs is not None,
