@@ -79,10 +79,9 @@ def check_schedule(cfg, threshold: str | None, total_steps: int, num_examples: i
         raise ConfigError(f"method={cfg.method.name}: {message}") from err
     warmup = method.warmup_for(cfg.task, total_steps)
     if warmup >= total_steps:
-        key = "task.adalora.warmup_steps" if cfg.method.name == "adalora" else "task.warmup_steps"
         raise ConfigError(
             f"method={cfg.method.name}: the LR warm-up ({warmup} steps) fills the whole run of "
-            f"{total_steps} optimizer steps, so the learning rate never reaches task.lr; lower {key} "
+            f"{total_steps} optimizer steps, so the learning rate never reaches task.lr; lower {method.warmup_key} "
             f"or train for more steps, {SCALED_HINT}"
         )
 

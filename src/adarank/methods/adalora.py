@@ -106,6 +106,8 @@ class AdaLoRA(Method):
         self._last_pattern: dict[str, int] | None = None
 
     # -- learning-rate warm-up (Table V's AdaLoRA-only "Warm-up Steps/ratio" row) -------------
+    warmup_key = "task.adalora.warmup_steps"
+
     @classmethod
     def warmup_for(cls, task_cfg, total_steps: int) -> int:
         """AdaLoRA's own LR warm-up: task.adalora.warmup_steps, or ceil(warmup_ratio x T)

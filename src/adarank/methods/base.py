@@ -100,6 +100,9 @@ class Method:
     def set_total_steps(self, total_steps: int) -> None:
         """Called once before training with the exact number of optimizer steps."""
 
+    #: the config key a user changes to shorten this method's LR warm-up (named in error messages)
+    warmup_key: str = "task.warmup_steps"
+
     @classmethod
     def warmup_for(cls, task_cfg, total_steps: int) -> int:
         """The LR warm-up (optimizer steps) this method uses: the task's ``warmup_steps``."""
