@@ -227,6 +227,28 @@ def test_scaled_schedule_runs_compare_on_paper_values(tmp_path):
     assert not runs["init_warmup_changed"].iloc[0] and runs["init_warmup"].iloc[0] == 100
 
 
+def test_scaled_runs_of_different_length_per_task_form_one_setup(tmp_path):
+    """The mini sweep runs MRPC 96 steps and STS-B 48, both scaled: one setup (one Table I with
+    both columns), its label naming each task's length; a task run at two lengths splits."""
+    root = tmp_path / "raw"
+    for task, steps, score in (("mrpc", 96, 75.0), ("stsb", 48, 70.0)):
+        fake_run(root, task, "lora", 0, score, model="minilm",
+                 overrides={"train.schedule": "scaled", "train.max_steps": steps, "train.eval_interval": steps})
+    label = ("model=minilm, train.eval_interval=train.max_steps, train.max_steps=per task (mrpc 96, stsb 48), "
+             "train.schedule=scaled")
+    assert build_report(root).all_setups == [label]
+    t1 = build_report(root, setup=label).tables["table1"]
+    assert cell(t1, "lora", "mrpc", setup=label)["mean"] == 75.0
+    assert cell(t1, "lora", "stsb", setup=label)["mean"] == 70.0
+    header = next(line for line in to_markdown(t1, "table1").splitlines() if line.startswith("| Method"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Method", "MRPC", "STS-B"]  # no empty columns
+    fake_run(root, "stsb", "lora", 1, 71.0, model="minilm",
+             overrides={"train.schedule": "scaled", "train.max_steps": 60, "train.eval_interval": 60})
+    assert sorted(build_report(root).all_setups) == [
+        f"model=minilm, train.eval_interval=train.max_steps, train.max_steps={n}, train.schedule=scaled"
+        for n in (48, 60, 96)]
+
+
 def test_latex_is_escaped(known_tree):
     tex = to_latex(build_report(known_tree).tables["table1"], "table1")
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "±" not in tex
@@ -395,3 +417,13 @@ def test_dylora_per_rank_table_is_mean_and_std_over_seeds(tmp_path):
     assert table["std"].tolist() == pytest.approx([2 ** 0.5, 8 ** 0.5])
     text = (tmp_path / "out" / "dylora_ranks.md").read_text()
     assert "61.00 ± 1.41 (n=2)" in text and "72.00 ± 2.83 (n=2)" in text
+
+
+def test_full_fine_tunings_own_lr_does_not_split_it_from_the_other_arms():
+    """method.lr is read by full fine-tuning only and task.lr by every other arm, so a sweep that
+    gives full fine-tuning its own LR keeps all its arms in one setup (the mini sweep)."""
+    from adarank.analysis.relevance import matters, shared
+
+    assert matters("method.lr", "full") and not matters("method.lr", "lora")
+    assert not matters("task.lr", "full") and matters("task.lr", "triadapt") and matters("task.lr", "bitfit")
+    assert not shared("method.lr") and not shared("task.lr") and shared("train.max_steps")

@@ -56,11 +56,11 @@ def test_every_kind_of_job_composes(name):
     """One job per distinct arm / swept value (tasks and seeds are covered by the config tests):
     the composed config has the intended method, a legal threshold and the swept value."""
     jobs = sweep_jobs(name)
-    first_task = key_values(jobs[0])["task"]
+    first_task = task_of(jobs[0])
     distinct = {}
     for job in jobs:
         values = key_values(job)
-        if values["task"] == first_task and values["seed"] == key_values(jobs[0])["seed"]:
+        if task_of(job) == first_task and values["seed"] == key_values(jobs[0])["seed"]:
             distinct[tuple(sorted(job))] = job
     configs = compose_jobs(list(distinct.values()))
     for job, cfg in zip(distinct.values(), configs):
@@ -76,6 +76,30 @@ def test_every_kind_of_job_composes(name):
             if key.startswith(("task.", "method.")):
                 group, field = key.split(".", 1)
                 assert str(cfg[group][field]).lower() == value.lower()
+
+
+def task_of(job: list[str]) -> str:
+    values = key_values(job)
+    return values.get("task") or values["+sweep/mini_task"]  # the mini sweep sets task and length together
+
+
+def test_mini_sweep_gives_each_task_its_length_and_full_fine_tuning_its_own_lr():
+    """MRPC 96 steps, STS-B 48, evaluated once at the end; full fine-tuning at its own LR."""
+    from adarank.methods import method_class
+
+    jobs = sweep_jobs("mini", ["seed=0", "+sweep/arm=full_short,lora"])
+    configs = compose_jobs(jobs)
+    assert sorted((cfg.task.name, cfg.method.name) for cfg in configs) == [
+        ("mrpc", "full"), ("mrpc", "lora"), ("stsb", "full"), ("stsb", "lora")]
+    for cfg in configs:
+        steps = {"mrpc": 96, "stsb": 48}[cfg.task.name]
+        assert (cfg.train.max_steps, cfg.train.eval_interval, cfg.train.schedule) == (steps, steps, "scaled")
+        method = method_class(cfg.method.name)(cfg.method, cfg.task, cfg.threshold, cfg.model)
+        # Table V's LR is the low-rank methods'; full fine-tuning has its own (docs/baselines.md F1),
+        # 5e-5 in short runs (conf/sweep/arm/full_short.yaml)
+        assert method.learning_rate() == (5e-5 if cfg.method.name == "full" else cfg.task.lr)
+    default_full = compose_jobs([["task=mrpc", "method=full"]])[0]
+    assert method_class("full")(default_full.method, default_full.task, None, default_full.model).learning_rate() == 2e-5
 
 
 def test_table1_covers_the_nine_method_threshold_pairs_and_the_extra_methods():

@@ -447,7 +447,7 @@ def count_method_ops(bc: BenchConfig, label: str, device: torch.device) -> dict:
     method, model, cfg = runner.method, runner.model, runner.cfg
     total = cbc.total_steps
     method.set_total_steps(total)
-    optimizer = build_optimizer(method.optimizer_groups(model, float(cfg.task.weight_decay)), float(cfg.task.lr),
+    optimizer = build_optimizer(method.optimizer_groups(model, float(cfg.task.weight_decay)), method.learning_rate(),
                                 str(cfg.train.get("optimizer", "adamw_torch")))
     warmup = method.lr_warmup_steps(total)
     scheduler = GrowingLinearSchedule(optimizer, cfg.task.warmup_steps if warmup is None else warmup, total)

@@ -34,6 +34,9 @@ ONLY: dict[str, tuple[str, ...]] = {
     "model.positional_query_adapter": LORA_FAMILY,
     # AdaLoRA replaces the task's LR warm-up by task.adalora.warmup_steps / warmup_ratio
     "task.warmup_steps": ("full", "bitfit", "hadapter", "lora", "increlora", "triadapt"),
+    # full fine-tuning trains at its own method.lr (conf/method/full.yaml), the others at task.lr
+    "method.lr": ("full",),
+    "task.lr": ("bitfit", "hadapter", *LORA_FAMILY),
 }
 
 

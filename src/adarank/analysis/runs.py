@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 PAPER_MODEL = "deberta_v3_base"
 PAPER_SETUP = "paper setup"
+#: stands for train.max_steps in a scaled run's setup label until settle_run_length fills it in
+RUN_STEPS_SLOT = "<run steps>"
 # swept hyperparameters: dotted config key -> column name
 AXES = {
     "method.orth_reg": "orth_reg",
@@ -107,7 +109,7 @@ def load_runs(root: str | Path, defaults: DefaultConfigs | None = None, dropped:
         rows.append({**run_record(path.parent, metrics, defaults), "status": metrics["status"]})
     if not rows:
         raise NoResultsError(f"no readable run under {root} (every {METRICS_FILE} was skipped, see the warnings)")
-    frame = settle_axes(settle_method_settings(pd.DataFrame(rows)))
+    frame = settle_axes(settle_method_settings(settle_run_length(pd.DataFrame(rows))))
     return deduplicate(frame, dropped)
 
 
@@ -182,7 +184,15 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
         else:  # no composable default: compare with the paper's setting
             record[f"{column}_changed"] = key in flat and fallback is not None and not _same(fallback, value)
     other = {} if diffs is None else {k: v for k, v in diffs.items() if k not in AXES}
-    record["setup"] = setup_label(model, {k: v for k, v in other.items() if shared(k)})
+    label_keys = {k: v for k, v in other.items() if shared(k)}
+    record["run_steps"] = None
+    if str(other.get("train.schedule")) == "scaled" and "train.max_steps" in label_keys:
+        # a scaled sweep may give each task its own length: settle_run_length fills this in
+        record["run_steps"] = label_keys["train.max_steps"]
+        if label_keys.get("train.eval_interval") == label_keys["train.max_steps"]:
+            label_keys["train.eval_interval"] = "train.max_steps"  # evaluated at the end only
+        label_keys["train.max_steps"] = RUN_STEPS_SLOT
+    record["setup"] = setup_label(model, label_keys)
     # method-specific differences (AdaLoRA's t_init, the LR warm-up of the others): they do not
     # separate a method's runs from another method's (settle_method_settings)
     specific = {k: v for k, v in other.items() if not shared(k)}
@@ -235,6 +245,27 @@ def settle_method_settings(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _join(setup: str, extra: str) -> str:
     return (f"model={PAPER_MODEL}" if setup == PAPER_SETUP else setup) + "; " + extra
+
+
+def settle_run_length(frame: pd.DataFrame) -> pd.DataFrame:
+    """Scaled runs of one setup whose length differs only between tasks (the mini sweep: MRPC 96
+    steps, STS-B 48) stay one setup, labelled ``train.max_steps=per task (mrpc 96, stsb 48)``; a
+    task with several lengths in one setup keeps each length as a setup of its own."""
+    frame = frame.copy()
+    if "run_steps" not in frame:
+        return frame
+    for setup in [s for s in dict.fromkeys(frame["setup"]) if RUN_STEPS_SLOT in s]:
+        in_setup = frame["setup"] == setup
+        steps = frame.loc[in_setup].groupby("task")["run_steps"].agg(lambda v: sorted(set(map(_text, v))))
+        if all(len(values) == 1 for values in steps):
+            values = {task: values[0] for task, values in steps.items()}
+            text = (next(iter(values.values())) if len(set(values.values())) == 1
+                    else "per task (" + ", ".join(f"{t} {n}" for t, n in values.items()) + ")")
+            frame.loc[in_setup, "setup"] = setup.replace(RUN_STEPS_SLOT, text)
+        else:
+            for index in frame.index[in_setup]:
+                frame.loc[index, "setup"] = setup.replace(RUN_STEPS_SLOT, _text(frame.loc[index, "run_steps"]))
+    return frame
 
 
 def settle_axes(frame: pd.DataFrame) -> pd.DataFrame:

@@ -310,9 +310,12 @@ BLOCKS = {"Ours": ("mean", ours_text), "Paper": ("paper", paper_text), "Δ (ours
 
 def blocks(tidy: pd.DataFrame, table: str, setup: str) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """Per block (Ours, Paper, Δ): the cell texts and where the bold (best mean per column) goes,
-    rows = method labels, columns = task labels."""
+    rows = method labels, columns = task labels. The paper's setup keeps every column of the
+    paper's table; another setup (a mini sweep on two tasks) shows only the columns it has runs in."""
     part = tidy[tidy["setup"] == setup]
     columns = list(dict.fromkeys(part["column"]))
+    if setup != PAPER_SETUP:
+        columns = [c for c in columns if part.loc[part["column"] == c, "mean"].notna().any()] or columns
     labels = list(dict.fromkeys(part["label"]))
     out = {}
     for name, (value_key, text) in BLOCKS.items():

@@ -111,6 +111,12 @@ class Method:
     def lr_warmup_steps(self, total_steps: int) -> int:
         return self.warmup_for(self.task, total_steps)
 
+    def learning_rate(self) -> float:
+        """Peak LR: the method config's ``lr`` where it sets one (full fine-tuning), else the
+        task's ``lr`` (Table V's shared row, tuned for the low-rank methods)."""
+        own = self.cfg.get("lr")
+        return float(self.task.lr if own is None else own)
+
     def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
         """Parameter groups for AdamW. Default: trainable params, no decay on biases and norms."""
         from adarank.training.optim import default_param_groups

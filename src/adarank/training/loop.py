@@ -144,7 +144,7 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
     )
     method.set_total_steps(total_steps)
     optimizer = build_optimizer(
-        method.optimizer_groups(model, float(task.weight_decay)), float(task.lr), str(tcfg.optimizer)
+        method.optimizer_groups(model, float(task.weight_decay)), method.learning_rate(), str(tcfg.optimizer)
     )
     warmup = method.lr_warmup_steps(total_steps)
     scheduler = GrowingLinearSchedule(optimizer, task.warmup_steps if warmup is None else warmup, total_steps)
