@@ -48,7 +48,7 @@ def main() -> int:
         model.train()
         method.set_total_steps(total)
         optimizer = build_optimizer(method.optimizer_groups(model, float(runner.cfg.task.weight_decay)),
-                                    float(runner.cfg.task.lr))
+                                    method.learning_rate())
         scheduler = GrowingLinearSchedule(optimizer, bc.warmup, total)
         runs.append((label, method, model, optimizer, scheduler, {phase: [] for phase in PHASES}))
     batch = stack(data[: bc.batch])

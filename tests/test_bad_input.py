@@ -41,6 +41,13 @@ def test_bad_numbers_and_devices_are_refused_by_the_static_check(override, messa
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_full_fine_tunings_own_lr_is_checked_like_the_tasks():
+    for value, shown in (("0", "0"), ("-1e-5", "-1e-05"), ("abc", "'abc'")):
+        with pytest.raises(ConfigError, match=f"method.lr must be a number > 0, got {shown}"):
+            check_static(compose(["method=full", f"method.lr={value}"]))
+    check_static(compose(["method=lora"]))  # the other methods have no method.lr
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["+train.max_step=10"], "unknown config key train.max_step (did you mean train.max_steps?)"),
     (["method=lora", "+method.rnak=4"], "unknown config key method.rnak"),

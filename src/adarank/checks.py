@@ -81,7 +81,7 @@ def check_schedule(cfg, threshold: str | None, total_steps: int, num_examples: i
     if warmup >= total_steps:
         raise ConfigError(
             f"method={cfg.method.name}: the LR warm-up ({warmup} steps) fills the whole run of "
-            f"{total_steps} optimizer steps, so the learning rate never reaches task.lr; lower {method.warmup_key} "
+            f"{total_steps} optimizer steps, so the learning rate never reaches its peak; lower {method.warmup_key} "
             f"or train for more steps, {SCALED_HINT}"
         )
 

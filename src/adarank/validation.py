@@ -32,7 +32,7 @@ COUNTS = {
     "train.num_workers": 0,
     "seed": 0,
 }
-POSITIVE = ("task.lr",)  # numbers > 0
+POSITIVE = ("task.lr", "method.lr")  # numbers > 0 (method.lr: only full fine-tuning has one)
 NON_NEGATIVE = ("task.weight_decay", "train.max_grad_norm")
 
 
@@ -49,7 +49,7 @@ def check_values(cfg) -> None:
             raise ValueProblem(f"{key} must be an integer >= {minimum}, got {value!r}")
     for key in POSITIVE + NON_NEGATIVE:
         value = OmegaConf.select(cfg, key)
-        if value is None and key in NON_NEGATIVE:
+        if value is None and key in NON_NEGATIVE + ("method.lr",):
             continue
         if not _is_number(value) or value < 0 or (key in POSITIVE and value == 0):
             bound = "> 0" if key in POSITIVE else ">= 0"

@@ -263,8 +263,8 @@ def settle_run_length(frame: pd.DataFrame) -> pd.DataFrame:
                     else "per task (" + ", ".join(f"{t} {n}" for t, n in values.items()) + ")")
             frame.loc[in_setup, "setup"] = setup.replace(RUN_STEPS_SLOT, text)
         else:
-            for index in frame.index[in_setup]:
-                frame.loc[index, "setup"] = setup.replace(RUN_STEPS_SLOT, _text(frame.loc[index, "run_steps"]))
+            frame.loc[in_setup, "setup"] = frame.loc[in_setup, "run_steps"].map(
+                lambda n: setup.replace(RUN_STEPS_SLOT, _text(n)))
     return frame
 
 
