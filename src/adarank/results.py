@@ -34,6 +34,11 @@ NON_SEMANTIC_KEYS = (
     "train.checkpoint_interval",
     "results.keep_checkpoint",
 )
+# config keys added after runs were recorded, with the value that reproduces the earlier
+# computation: a run at that value keeps the hash it had before the key existed (a key at any
+# other value enters the hash as usual). Add every new semantic key here with its neutral value
+# (a whole new config group is one key whose neutral value is the group's dict).
+HASH_NEUTRAL_DEFAULTS: dict[str, object] = {}
 # overrides that already name the folder (task/method label/seed) or are not semantic
 IDENTITY_OVERRIDES = ("task", "method", "threshold", "seed") + NON_SEMANTIC_KEYS
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "adarank")
@@ -48,13 +53,35 @@ def config_hash(cfg) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
     for key in NON_SEMANTIC_KEYS:
-        node, *rest = key.split(".")
-        if not rest:
-            container.pop(node, None)
-        elif isinstance(container.get(node), dict):
-            container[node].pop(rest[0], None)
+        _pop_dotted(container, key)
+    for key, neutral in HASH_NEUTRAL_DEFAULTS.items():
+        if _get_dotted(container, key, _MISSING) == neutral:
+            _pop_dotted(container, key)
     text = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+_MISSING = object()
+
+
+def _get_dotted(container: dict, key: str, default=None):
+    node = container
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _pop_dotted(container: dict, key: str) -> None:
+    """Remove ``a.b.c`` from nested dicts (its parents stay, even when left empty)."""
+    *parents, last = key.split(".")
+    node = container
+    for part in parents:
+        node = node.get(part)
+        if not isinstance(node, dict):
+            return
+    node.pop(last, None)
 
 
 def variant_slug(overrides: list[str]) -> str:
