@@ -50,7 +50,7 @@ tables: setup
 # side-by-side speed/memory of every method (see docs/performance.md)
 bench: setup
 	$(PY) scripts/bench.py
-	$(PY) -m adarank.checkpoint_cost
+	$(PY) -m adarank.tools.checkpoint_cost
 
 clean-results:
 	rm -rf results/raw results/tables results/demo results/mini

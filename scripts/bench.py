@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from adarank.bench import (  # noqa: E402
+from adarank.tools.bench import (  # noqa: E402
     BASE_DEFAULT_METHODS,
     DEFAULT_METHODS,
     METHODS,

@@ -2,7 +2,7 @@
 growth hook, AdamW + LR step, zero_grad. Milliseconds, median over the timed steps, methods
 taking turns step by step in one process (the same batch for all).
 
-The methods are built as `make bench` builds them (``adarank.bench.build_runner``), in steady
+The methods are built as `make bench` builds them (``adarank.tools.bench.build_runner``), in steady
 mode (fixed-k methods reach their final rank during the warm-up), and stepped by hand in the
 order of ``adarank.training.loop.optimization_step`` so that each phase can be timed.
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from adarank.bench import METHODS, BenchConfig, build_runner, stack
+from adarank.tools.bench import METHODS, BenchConfig, build_runner, stack
 from adarank.methods.base import StepContext
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 

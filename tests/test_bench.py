@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adarank.bench import ROW_KEYS, SCHEMA_VERSION, BenchConfig, Turns, markdown_table, run_bench, write_report
+from adarank.tools.bench import ROW_KEYS, SCHEMA_VERSION, BenchConfig, Turns, markdown_table, run_bench, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_steady_mode_times_only_steps_at_the_final_rank():
 
 
 def test_plain_label_builds_the_straightforward_storage():
-    from adarank.bench import build_runner
+    from adarank.tools.bench import build_runner
 
     bc = BenchConfig(preset="tiny", batch=2, seq_len=16, steps=2, warmup=1, memory=False)
     plain, _ = build_runner(bc, "triadapt-plain", 0, torch.device("cpu"))
@@ -81,7 +81,7 @@ def test_plain_label_builds_the_straightforward_storage():
 
 
 def test_op_counter_counts_per_phase_and_skips_views():
-    from adarank.op_count import OpCounter
+    from adarank.tools.op_count import OpCounter
 
     counter = OpCounter()
     x = torch.ones(3, 4)
@@ -95,7 +95,7 @@ def test_op_counter_counts_per_phase_and_skips_views():
 
 
 def test_operator_counts_attribute_each_methods_overhead():
-    from adarank.bench import count_method_ops, ops_table
+    from adarank.tools.bench import count_method_ops, ops_table
 
     cpu = torch.device("cpu")
     bc = BenchConfig(preset="tiny")
@@ -109,7 +109,7 @@ def test_operator_counts_attribute_each_methods_overhead():
     assert tri["kernels_hooks"] == 0 < tri["kernels_hooks_per_event"]  # nothing between growth events
     assert tri["ops_total_rank"] == incre["ops_total_rank"] == lora["ops_total_rank"]  # all at the final rank
     report = {"results": list(rows.values())}
-    from adarank.bench import add_kernel_deltas
+    from adarank.tools.bench import add_kernel_deltas
 
     add_kernel_deltas(report["results"])
     assert rows["lora"]["extra_kernels_x_lora"] == 0
@@ -117,7 +117,7 @@ def test_operator_counts_attribute_each_methods_overhead():
 
 
 def test_whole_run_mode_scales_the_task_schedule_and_times_every_step():
-    from adarank.bench import whole_run_table
+    from adarank.tools.bench import whole_run_table
     from adarank.schedule_scaling import paper_steps, scaled_values
 
     methods = ["lora", "triadapt-fixed"]

@@ -251,7 +251,7 @@ def test_auto_interval_keeps_the_save_under_one_percent_of_the_steps_in_between(
 
 
 def test_checkpoint_cost_measures_the_real_save(tmp_path):
-    from adarank import checkpoint_cost
+    from adarank.tools import checkpoint_cost
 
     out = tmp_path / "cost.json"
     assert checkpoint_cost.main(["--preset", "tiny", "--methods", "lora,full", "--repeats", "1", "--out", str(out)]) == 0

@@ -21,22 +21,12 @@ saved tensors and optimizer state are loaded into it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import nn
 
+from adarank.training.context import StepContext
 
-@dataclass
-class StepContext:
-    """What a method sees at an optimizer step."""
-
-    step: int  # optimizer steps already taken (0 at the first step)
-    total_steps: int  # optimizer steps of the whole run (T)
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any  # adarank.training.optim.GrowingLinearSchedule
+__all__ = ["Method", "StepContext"]
 
 
 class Method:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adarank.methods.base import StepContext
 from adarank.models import count_trainable
 from adarank.training.checkpoint import Checkpointer, LoopState
+from adarank.training.context import StepContext
 from adarank.training.events import LiveEvents
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 

@@ -1,6 +1,6 @@
 """TriAdaptLoRA: triangular split B(L+U)A, Frobenius-norm importance, budgeted rank growth.
 
-Modules: ``layer`` (Eq. 4-9), ``store`` (the blocks of each growth event in a few flat
+Modules: ``blocks`` (what the next three share), ``layer`` (Eq. 4-9), ``store`` (the blocks of each growth event in a few flat
 parameters), ``schedule`` (pure Eq. 12-14 / Algorithm 1 schedule), ``allocator``
 (Eq. 11 and one growth event), ``io`` (inject / save / load / merge), ``method`` (the harness hook).
 """

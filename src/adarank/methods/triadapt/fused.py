@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adarank.methods.triadapt.layer import EPS
+from adarank.methods.triadapt.blocks import EPS
 
 
 @dataclass

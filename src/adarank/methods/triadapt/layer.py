@@ -35,29 +35,17 @@ merging and as a test oracle, forms it).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from adarank.methods.triadapt.store import BlockStore
+from adarank.methods.triadapt.blocks import EPS, Blocks
 
-EPS = 1e-5  # ε of Eq. 5 (reading A14)
+__all__ = ["EPS", "Blocks", "TriAdaptLinear"]
 #: default of ``TriAdaptLinear.fast``: the regulariser reuses the A and B the forward pass just
 #: concatenated instead of concatenating them again (same values, same gradients; the plain
 #: path, ``fast=False``, is the oracle of tests/test_triadapt_fast.py)
 FAST = True
-
-
-class Blocks(NamedTuple):
-    """A layer's block tensors in block order: A rows, B columns, packed L and packed U values."""
-
-    a: list[torch.Tensor]
-    b: list[torch.Tensor]
-    lower: list[torch.Tensor]
-    upper: list[torch.Tensor]
 
 
 class TriAdaptLinear(nn.Module):
@@ -75,7 +63,7 @@ class TriAdaptLinear(nn.Module):
         init_rank: int = 1,
         dropout: float = 0.0,
         init_std: float = 0.02,
-        store: BlockStore | None = None,
+        store=None,
     ):
         super().__init__()
         if init_rank < 1:
@@ -115,7 +103,8 @@ class TriAdaptLinear(nn.Module):
         return self.lora_alpha / (self.rank + EPS)
 
     @property
-    def store(self) -> BlockStore | None:
+    def store(self):
+        """The :class:`~adarank.methods.triadapt.store.BlockStore` holding the blocks, or None."""
         return self.__dict__["_store"]
 
     def grow(self, size: int, zero_b: bool = False) -> list[nn.Parameter]:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from adarank.methods.triadapt.blocks import Blocks
 from adarank.methods.triadapt.fused import Factors, Layout
-from adarank.methods.triadapt.layer import Blocks, TriAdaptLinear
 
 #: the attribute under which the model owns its store (so that ``named_parameters`` has it)
 ATTRIBUTE = "triadapt_blocks"
@@ -53,7 +53,7 @@ class BlockStore(nn.Module):
         self._fused_key: tuple | None = None
 
     # -- growth ----------------------------------------------------------------------------
-    def grow(self, layers: list[TriAdaptLinear], size: int, zero_b: bool = False) -> list[nn.Parameter]:
+    def grow(self, layers: list, size: int, zero_b: bool = False) -> list[nn.Parameter]:
         """One growth event: ``size`` new ranks for each of ``layers`` (Eq. 6-9), drawn module by
         module in the standalone layout's order; returns the event's new parameters."""
         pieces: dict[str, list[torch.Tensor]] = {}
@@ -126,7 +126,7 @@ class BlockStore(nn.Module):
             self._fused_key = key
         return self._fused
 
-    def blocks_of(self, layer: TriAdaptLinear) -> Blocks:
+    def blocks_of(self, layer) -> Blocks:
         """The layer's blocks, in its block order, as views of the event tensors."""
         splits = self._split_all()
         blocks = Blocks([], [], [], [])

@@ -53,7 +53,7 @@ import torch
 
 from adarank.methods.base import Method
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 PRESETS = {
     "tiny": {},  # conf/model/tiny.yaml as is: hidden 32, 2 layers, 2 heads, intermediate 64
     "base": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 3072},
@@ -115,7 +115,7 @@ class BenchConfig:
     #: growth from step 1 with interval 1 (init_warmup 0), so that the fixed-k methods reach their
     #: final rank inside the warm-up and every timed step runs at the final rank
     steady: bool = False
-    #: count the operators of a step at the final rank (adarank.op_count), in a separate pass
+    #: count the operators of a step at the final rank (adarank.tools.op_count), in a separate pass
     ops: bool = True
     #: whole-run mode: every method trains ``steps`` steps (``warmup`` 0 times them all) with the
     #: task's own schedule rescaled to them (adarank.schedule_scaling, train.schedule=scaled)
@@ -436,10 +436,10 @@ OPS_SHAPE = dict(batch=2, seq_len=16, warmup=10, steps=3, steady=True, memory=Fa
 
 
 def count_method_ops(bc: BenchConfig, label: str, device: torch.device) -> dict:
-    """Operators per training step of one method (``adarank.op_count``), counted over a steady
+    """Operators per training step of one method (``adarank.tools.op_count``), counted over a steady
     run of ``OPS_SHAPE``: the medians over its last ``steps`` steps (at the final rank), plus
     IncreLoRA's scoring per step while its budget is open and the growth hooks per event."""
-    from adarank.op_count import OpCounter, count_step, instrument
+    from adarank.tools.op_count import OpCounter, count_step, instrument
     from adarank.training.optim import GrowingLinearSchedule, build_optimizer
 
     cbc = dataclasses.replace(bc, **OPS_SHAPE)
@@ -596,7 +596,7 @@ def peak_memory_subprocess(bc: BenchConfig, label: str) -> dict:
     if not bc.threads:
         env.pop("OMP_NUM_THREADS")
     proc = subprocess.run(
-        [sys.executable, "-m", "adarank.bench", "--memory-child", payload],
+        [sys.executable, "-m", "adarank.tools.bench", "--memory-child", payload],
         capture_output=True, text=True, env=env, check=False,
     )
     if proc.returncode != 0:
@@ -779,7 +779,7 @@ def _memory_child(payload: str) -> None:
     print(json.dumps(out))
 
 
-if __name__ == "__main__":  # python -m adarank.bench --memory-child '<json>' (internal)
+if __name__ == "__main__":  # python -m adarank.tools.bench --memory-child '<json>' (internal)
     if len(sys.argv) == 3 and sys.argv[1] == "--memory-child":
         _memory_child(sys.argv[2])
     else:

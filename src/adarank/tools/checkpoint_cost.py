@@ -1,7 +1,7 @@
 """What a checkpoint costs (``make bench`` prints it; docs/architecture.md quotes it).
 
 For each method: the model at a preset's sizes (``base`` = DeBERTaV3-base dimensions, see
-``adarank.bench.PRESETS``), one real optimizer step on a synthetic batch (so AdamW holds its two
+``adarank.tools.bench.PRESETS``), one real optimizer step on a synthetic batch (so AdamW holds its two
 moments for every trainable tensor), then ``Checkpointer.save`` into a temporary folder, the
 exact code a run uses (tensors, optimizer, scheduler, method and RNG state, torch.save, fsync,
 rename), ``repeats`` times. Reported: the file size, the median save and load seconds, and the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from adarank.bench import METHODS, BenchConfig, build_runner, stack
+from adarank.tools.bench import METHODS, BenchConfig, build_runner, stack
 from adarank.training import checkpoint
 from adarank.training.loop import optimization_step
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
