@@ -44,7 +44,8 @@ def check_static(cfg) -> str | None:
             f"model.positional_query_adapter={positional!r}: true or false on a DeBERTa model only "
             "(null = the reference codes' setting for the task: false on GLUE, true on SQuAD 2.0)"
         )
-    for key in ("max_steps", "epochs", "eval_interval", "max_train_samples", "max_eval_samples", "num_threads"):
+    for key in ("max_steps", "epochs", "eval_interval", "max_train_samples", "max_eval_samples", "num_threads",
+                "pad_to_multiple_of"):
         value = cfg.train.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"train.{key} must be a positive integer or null, got {value!r}")

@@ -32,13 +32,18 @@ NON_SEMANTIC_KEYS = (
     "train.log_interval",
     "train.eval_batch_size",
     "train.checkpoint_interval",
+    "train.deterministic",
     "results.keep_checkpoint",
 )
 # config keys added after runs were recorded, with the value that reproduces the earlier
 # computation: a run at that value keeps the hash it had before the key existed (a key at any
 # other value enters the hash as usual). Add every new semantic key here with its neutral value
 # (a whole new config group is one key whose neutral value is the group's dict).
-HASH_NEUTRAL_DEFAULTS: dict[str, object] = {}
+HASH_NEUTRAL_DEFAULTS: dict[str, object] = {
+    # every run recorded so far trained on a CPU, where TF32 does not exist (issue 23)
+    "train.tf32": True,
+    "train.pad_to_multiple_of": None,
+}
 # overrides that already name the folder (task/method label/seed) or are not semantic
 IDENTITY_OVERRIDES = ("task", "method", "threshold", "seed") + NON_SEMANTIC_KEYS
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "adarank")

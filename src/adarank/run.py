@@ -125,7 +125,9 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
         except Diverged as err:  # a result too: not retried by a resumed sweep (force=true retries)
             log.warning("%s: %s; recorded as status diverged", folder, err)
             diverged = {"step": err.step, "loss": str(err.loss), "last_finite_loss": err.last_finite_loss}
-            outcome = TrainResult(costs={"optimizer_steps": err.step})
+            if err.detected_at is not None:  # the loss is read at check steps: the steps in between ran
+                diverged["detected_at_step"] = err.detected_at
+            outcome = TrainResult(costs={"optimizer_steps": err.detected_at or err.step})
     # e.g. DyLoRA's evaluation at every rank: methods add whole-dev evaluations after the final one
     extra_evaluations = {} if diverged else method.final_evaluations(model, lambda: task_data.evaluate(model, device, final=True))
     results.write_json_atomic(folder / "rank_pattern.json", method.rank_pattern(model) or {})

@@ -29,7 +29,6 @@ COUNTS = {
     "task.max_seq_length": 1,
     "train.eval_batch_size": 1,
     "train.log_interval": 1,
-    "train.num_workers": 0,
     "seed": 0,
 }
 POSITIVE = ("task.lr", "method.lr")  # numbers > 0 (method.lr: only full fine-tuning has one)
@@ -54,6 +53,12 @@ def check_values(cfg) -> None:
         if not _is_number(value) or value < 0 or (key in POSITIVE and value == 0):
             bound = "> 0" if key in POSITIVE else ">= 0"
             raise ValueProblem(f"{key} must be a number {bound}, got {value!r}")
+    workers = OmegaConf.select(cfg, "train.num_workers")
+    if workers != "auto" and (not _is_int(workers) or workers < 0):
+        raise ValueProblem(f"train.num_workers must be auto or an integer >= 0, got {workers!r}")
+    for key in ("train.tf32", "train.deterministic"):
+        if not isinstance(OmegaConf.select(cfg, key), bool):
+            raise ValueProblem(f"{key} must be true or false, got {OmegaConf.select(cfg, key)!r}")
     device = str(OmegaConf.select(cfg, "train.device"))
     if not DEVICE.match(device):
         raise ValueProblem(f"unknown train.device {device!r}; choose auto, cpu, cuda or cuda:N")

@@ -26,11 +26,13 @@ class TaskData:
 
 def build_task_data(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
     if task_cfg.kind == "glue":
-        from adarank.data.glue import load_glue_task
+        from adarank.data.glue import load_glue_task as load
+    elif task_cfg.kind == "squad_v2":
+        from adarank.data.squad import load_squad_task as load
+    else:
+        raise ValueError(f"unknown task kind {task_cfg.kind!r}")
+    from adarank.training.precision import InPrecision
 
-        return load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer)
-    if task_cfg.kind == "squad_v2":
-        from adarank.data.squad import load_squad_task
-
-        return load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer)
-    raise ValueError(f"unknown task kind {task_cfg.kind!r}")
+    data = load(task_cfg, data_cfg, train_cfg, tokenizer)
+    data.evaluate = InPrecision(data.evaluate, str(train_cfg.precision))  # evaluation in the training precision
+    return data

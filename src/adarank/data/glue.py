@@ -208,11 +208,12 @@ def tokenize(examples: Examples, tokenizer, max_length: int, regression: bool) -
     return FeatureDataset(features)
 
 
-def make_collate(tokenizer):
-    """Dynamic padding to the longest sequence of each batch."""
+def make_collate(tokenizer, pad_to_multiple_of: int | None = None):
+    """Dynamic padding to the longest sequence of each batch (rounded up to a multiple of
+    ``pad_to_multiple_of``, train.pad_to_multiple_of, when given)."""
 
     def collate(features: list[dict]) -> dict:
-        return tokenizer.pad(features, padding="longest", return_tensors="pt")
+        return tokenizer.pad(features, padding="longest", pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
 
     return collate
 
@@ -253,7 +254,7 @@ def load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
             examples = Examples(examples.texts[: train_cfg.max_eval_samples], examples.labels[: train_cfg.max_eval_samples])
         eval_sets[split] = tokenize(examples, tokenizer, task_cfg.max_seq_length, regression)
     train = tokenize(raw["train"], tokenizer, task_cfg.max_seq_length, regression)
-    collate = make_collate(tokenizer)
+    collate = make_collate(tokenizer, train_cfg.get("pad_to_multiple_of"))
 
     def evaluate(model, device, final: bool = True) -> dict[str, float]:
         metrics = {}

@@ -322,11 +322,14 @@ class WindowDataset(torch.utils.data.Dataset):
         return item
 
 
-def make_collate(pad_token_id: int):
-    """Dynamic padding (right) to the longest window of the batch, with an attention mask."""
+def make_collate(pad_token_id: int, pad_to_multiple_of: int | None = None):
+    """Dynamic padding (right) to the longest window of the batch (rounded up to a multiple of
+    ``pad_to_multiple_of`` when given), with an attention mask."""
 
     def collate(items: list[dict]) -> dict:
         width = max(len(item["input_ids"]) for item in items)
+        if pad_to_multiple_of:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
         input_ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(items), width), dtype=torch.long)
         token_type_ids = torch.zeros((len(items), width), dtype=torch.long) if "token_type_ids" in items[0] else None
@@ -409,7 +412,8 @@ class SquadEvaluator:
                     batch_ids = order[begin : begin + self.batch_size]
                     batch = self.collate([dataset[w] for w in batch_ids])
                     out = model(**{k: v.to(device) for k, v in batch.items()})
-                    self._fold(aggregator, batch_ids, batch["attention_mask"].bool(), out.start_logits.cpu(), out.end_logits.cpu())
+                    self._fold(aggregator, batch_ids, batch["attention_mask"].bool(), out.start_logits.float().cpu(),
+                               out.end_logits.float().cpu())  # fp32 span scores under bf16 too
         finally:
             model.train(was_training)
         return aggregator
@@ -447,7 +451,7 @@ def load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
     cache_dir = data_cfg.get("cache_dir")
     train_windows = cached_windows(train_examples, tokenizer, max_length, int(task_cfg.doc_stride), cache_dir)
     dev_windows = cached_windows(dev_examples, tokenizer, max_length, int(task_cfg.doc_stride), cache_dir)
-    collate = make_collate(tokenizer.pad_token_id)
+    collate = make_collate(tokenizer.pad_token_id, train_cfg.get("pad_to_multiple_of"))
     evaluator = SquadEvaluator(dev_examples, dev_windows, task_cfg, int(train_cfg.eval_batch_size), collate,
                                dev_examples=len(dev_all))
     info = {

@@ -9,7 +9,8 @@ every optimizer step t (0-based optimizer-step counter) peft's ``update_and_allo
   with the cubic schedule b(t) = b_T + (b_0 - b_T)(1 - (t - t_init)/(T - t_final - t_init))³
   (int), b_0 = init_r·M, b_T = target_r·M; the final mask (b_T) is forced at the official code's
   first b_T mask, t = T - t_final when that is a multiple of ΔT, else T - t_final + 1
-  (:func:`final_mask_step`; peft alone forces it at T - t_final), and then re-applied every step.
+  (:func:`final_mask_step`; peft alone forces it at T - t_final), and then re-applied every step
+  (by :meth:`AdaLoRA._apply_final_pattern`: peft's masking with the masks kept on the device).
 
 Settings (methods.md §2.3 verdict): init_r = task.adalora.init_rank (12), target_r = the task's
 reference rank (8), t_init/t_final/ΔT = task.adalora.*, β1 = β2 = task beta1/beta2 (0.85),
@@ -104,6 +105,9 @@ class AdaLoRA(Method):
         self.total_steps: int | None = None
         self.tuner = None  # peft AdaLoraModel
         self._last_pattern: dict[str, int] | None = None
+        #: (E parameter, boolean mask of its dropped entries) of the stored final pattern, on the
+        #: device (built at the first step after the final mask; None = to build)
+        self._final_masks: list | None = None
 
     # -- learning-rate warm-up (Table V's AdaLoRA-only "Warm-up Steps/ratio" row) -------------
     warmup_key = "task.adalora.warmup_steps"
@@ -196,12 +200,35 @@ class AdaLoRA(Method):
             # peft's forced final mask (b_T, scores of the last update), one step late when needed
             budget, masking = allocator.target_bgt, True
             self.tuner.update_and_allocate(final)
+            self._final_masks = self._build_final_masks()  # here, at the event, not at the next step
         else:
             budget, masking = allocator.target_bgt, False
-            self.tuner.update_and_allocate(step)  # re-applies the stored final pattern
+            self._apply_final_pattern()  # peft's update_and_allocate(step) here: the same masking
         if masking:
             self._log_mask(step, budget, allocator.init_bgt, final=step == first_final)
         self.allocation_seconds += time.perf_counter() - start
+
+    def _apply_final_pattern(self) -> None:
+        """Zero the E entries outside the stored final pattern, as peft's
+        ``mask_using_rank_pattern`` does at every step after the final mask, but with the boolean
+        masks built once on the device (peft rebuilds one from a Python list per module and step:
+        a blocking host-to-device copy each) and one in-place ``masked_fill_`` per module."""
+        if self._final_masks is None:  # a resumed run
+            self._final_masks = self._build_final_masks()
+        with torch.no_grad():
+            for param, drop in self._final_masks:
+                param.masked_fill_(drop, 0.0)
+
+    def _build_final_masks(self) -> list:
+        """[(E parameter, boolean mask of its dropped entries)] of the stored pattern, on the device."""
+        pattern = self.peft_config.rank_pattern
+        truncated = not any(ADAPTER in key for key in pattern)  # as peft's mask_using_rank_pattern reads it
+        masks = []
+        for name, param in self.tuner.model.named_parameters():
+            if f"lora_E.{ADAPTER}" in name:
+                kept = pattern[name.replace(f".{ADAPTER}", "") if truncated else name]
+                masks.append((param, ~torch.tensor(kept, dtype=torch.bool, device=param.device).unsqueeze(-1)))
+        return masks
 
     def _log_mask(self, step: int, budget: int, init_budget: int, final: bool) -> None:
         pattern = self.rank_pattern(None)
@@ -239,6 +266,7 @@ class AdaLoRA(Method):
             setattr(allocator, key, {name: value.to(device) for name, value in state[key].items()})
         self.peft_config.rank_pattern = state["rank_pattern"]
         self._last_pattern = state["last_pattern"]
+        self._final_masks = None
 
     # -- reporting -------------------------------------------------------------------------
     def rank_pattern(self, model: nn.Module | None) -> dict[str, int]:

@@ -404,11 +404,13 @@ def measure_arm(arm: str, data_dir, results_root, device: str = "cpu", extra=())
         cfg = compose("config", overrides=overrides)
     with SyncCounter(device) as counter:
         metrics = run(cfg, overrides)
-    folder = Path(results_root) / metrics["task"] / metrics["variant"]
-    folders = list(Path(results_root).glob(f"*/*/seed*/{metrics['variant']}"))
-    folder = folders[0]
+    (folder,) = Path(results_root).glob(f"*/*/seed*/{metrics['variant']}")
     events = [json.loads(line)["step"] for line in (folder / "growth_log.jsonl").read_text().splitlines()]
-    per_step = counter.per_step()
+    steps = int(metrics["costs"]["optimizer_steps"])
+    # the loop draws one batch more when the run ends inside an epoch: that fetch opens a last
+    # segment, which belongs to the final step (its evaluation)
+    per_step = counter.per_step()[:steps]
+    per_step[-1] += sum(counter.per_step()[steps:])
     ordinary = ordinary_steps(len(per_step), LOG_INTERVAL, 1000, events)
     return {
         "arm": arm,

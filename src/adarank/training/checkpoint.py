@@ -12,7 +12,8 @@ continue the same computation:
   optimizer state are loaded, adding the growth groups to the scheduler in the original order;
 * ``optimizer`` / ``scheduler``: AdamW's state of every group (growth-added ones included) and the
   LR schedule (steps done, each group's peak LR, policy and start step);
-* ``rng``: python, numpy, torch (and CUDA) generator states at the checkpoint;
+* ``rng``: python, numpy, torch and (on CUDA) the run's own device's generator states at the
+  checkpoint (restored onto the current device, whatever its index and however many are visible);
 * ``loop``: the step, the data loader generator's state at the start of the current epoch and the
   number of batches already drawn in it, best evaluation, evaluation count, the train-log offset
   (the log is truncated to it on resume), step timings and train seconds so far.
@@ -84,7 +85,9 @@ def capture_rng() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = torch.cuda.get_rng_state_all()
+        # the run's own device only (the loop makes it the current one): a checkpoint must resume
+        # where another number of GPUs is visible, or on another index
+        out["cuda"] = torch.cuda.get_rng_state()
     return out
 
 
@@ -95,7 +98,18 @@ def restore_rng(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if not torch.cuda.is_available():
+            log.warning("the checkpoint holds a CUDA RNG state but this run has no CUDA device: dropout "
+                        "continues from the CPU generator only")
+            return
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per visible device
+            own = torch.cuda.current_device()
+            if len(cuda) > 1:
+                log.info("the checkpoint holds the CUDA RNG of %d devices; using device %d's", len(cuda),
+                         own if own < len(cuda) else 0)
+            cuda = cuda[own] if own < len(cuda) else cuda[0]
+        torch.cuda.set_rng_state(cuda)  # the current device: this run's
 
 
 # -- files ---------------------------------------------------------------------------------

@@ -15,9 +15,11 @@ correction (here the effective eps is eps / sqrt(1 − β2^k), 31.6·eps at k = 
 before the Adam update (p ← p·(1 − lr·wd), then the step). With eps = 0 and no weight decay the
 two are the same update.
 
-Parameters without a gradient are skipped (no state, no decay), as in both. A group with
-``foreach: True`` runs the same element-wise operations through torch's ``_foreach`` kernels,
-bucketed by k (bit-identical to the per-tensor loop; tests/test_legacy_adamw.py).
+Parameters without a gradient are skipped (no state, no decay), as in both. By default a group
+runs the element-wise operations through torch's ``_foreach`` (multi-tensor) kernels, bucketed
+by k: bit-identical to the per-tensor loop (tests/test_legacy_adamw.py), which ``foreach=False``
+keeps as the oracle. k is a Python int per parameter (no tensor to increment and read back at
+every step); checkpoints written when it was a 0-dim tensor load and continue alike.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class LegacyAdamW(torch.optim.Optimizer):
         eps: float = 1e-6,
         weight_decay: float = 0.0,
         correct_bias: bool = True,
-        foreach: bool = False,
+        foreach: bool = True,
     ):
         if lr < 0.0:
             raise ValueError(f"invalid learning rate {lr}: must be >= 0")
@@ -67,13 +69,11 @@ class LegacyAdamW(torch.optim.Optimizer):
                     raise RuntimeError("LegacyAdamW does not support sparse gradients")
                 state = self.state[p]
                 if len(state) == 0:
-                    # a CPU tensor like torch's AdamW, so checkpoints and state comparisons treat
-                    # both optimizers alike
-                    state["step"] = torch.tensor(0.0)
+                    state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                buckets.setdefault(int(state["step"].item()), []).append(p)
+                state["step"] = int(state["step"]) + 1  # int(): a tensor of an older checkpoint
+                buckets.setdefault(state["step"], []).append(p)
             for k, bucket in buckets.items():
                 if group["foreach"]:
                     self._update_foreach(group, bucket, k)

@@ -1,24 +1,37 @@
 """The optimizer-step loop: AdamW, linear warm-up/decay, clipping, method hooks, periodic dev
-evaluation, progress and cost accounting."""
+evaluation, progress and cost accounting.
+
+An ordinary step does not wait for the device (docs/performance.md "Host-device syncs per
+step"): the batch is copied asynchronously, and the loss, its finiteness and the step times are
+read back only at check steps (log, evaluation, checkpoint, stop, end; training/step_watch.py).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from adarank.models import count_trainable
+from adarank.training import precision
+from adarank.training.batches import TrainBatches
 from adarank.training.checkpoint import Checkpointer, LoopState
 from adarank.training.context import StepContext
 from adarank.training.events import LiveEvents
 from adarank.training.optim import GrowingLinearSchedule, build_optimizer
+from adarank.training.step_watch import Diverged, LossWatch, StepTimer, peak_memory_mb, reset_peak_memory
+
+__all__ = ["Diverged", "TrainResult", "pick_device", "plan_total_steps", "train", "peak_memory_mb"]
+#: read the pending losses at least this often, whatever train.log_interval says
+MAX_PENDING_LOSSES = 500
 
 log = logging.getLogger("adarank")
 
@@ -31,20 +44,38 @@ def plan_total_steps(num_examples: int, batch_size: int, epochs: int, max_steps=
     return total
 
 
+def cuda_status() -> tuple[bool, str]:
+    """(whether CUDA is usable, why not): torch's own warning when it has one (a driver too old
+    for this build, no driver), else the CUDA_VISIBLE_DEVICES setting or "no GPU found"."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if available:
+        return True, ""
+    messages = [" ".join(str(w.message).split()) for w in caught]
+    reason = next((m for m in messages if "cuda" in m.lower() or "driver" in m.lower()), None)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if reason is None and visible is not None and visible.strip() in ("", "-1"):
+        reason = f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+    return False, reason or "no CUDA device found (torch.cuda.is_available() is False)"
+
+
 def pick_device(name: str) -> torch.device:
+    """``train.device``: auto = CUDA when usable, else the CPU, with one warning line naming the
+    reason when this torch was built for CUDA (a CUDA build on the CPU is never silent)."""
+    if name == "cpu":
+        return torch.device("cpu")
+    available, reason = cuda_status()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
+        if available:
+            return torch.device("cuda")
+        if torch.version.cuda is not None:
+            log.warning("train.device=auto: training on the CPU although torch was built for CUDA %s: %s",
+                        torch.version.cuda, reason)
+        return torch.device("cpu")
+    if name.startswith("cuda") and not available:
+        raise RuntimeError(f"train.device={name} but no CUDA device is available: {reason}")
     return torch.device(name)
-
-
-class Diverged(FloatingPointError):
-    """The training loss became NaN or infinite: the run ends as ``status: diverged``."""
-
-    def __init__(self, step: int, loss: float, last_finite_loss: float | None):
-        super().__init__(f"loss became {loss} at step {step} (last finite loss {last_finite_loss})")
-        self.step, self.loss, self.last_finite_loss = step, loss, last_finite_loss
 
 
 @dataclass
@@ -69,11 +100,13 @@ class Progress:
 
             self.bar = tqdm(total=total, desc="train", unit="step", dynamic_ncols=True)
 
-    def update(self, step: int, loss: float, lr: float) -> None:
+    def update(self, step: int, loss: float | None, lr: float) -> None:
+        """One step done; ``loss`` is known at check steps only (None otherwise)."""
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-        elif not self.quiet and (step % self.log_interval == 0 or step == self.total):
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        elif not self.quiet and loss is not None and (step % self.log_interval == 0 or step == self.total):
             log.info("step %d/%d loss %.4f lr %.3e", step, self.total, loss, lr)
 
     def note(self, message: str) -> None:
@@ -90,22 +123,6 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # VmHWM: this process's own peak resident set (ru_maxrss would include a forking parent's)
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB -> MiB
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def optimization_step(method, model, optimizer, scheduler, loss, step: int, total_steps: int, max_grad_norm: float) -> None:
@@ -133,14 +150,15 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
     task, tcfg = cfg.task, cfg.train
     primary = task.primary_metric
     eval_interval = int(tcfg.eval_interval or task.eval_interval)
+    log_interval = int(tcfg.log_interval)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the run's own device: its RNG is the one a checkpoint saves
+    precision.configure(device, bool(tcfg.get("tf32", True)), bool(tcfg.get("deterministic", False)))
+    reset_peak_memory(device)  # this run's peak, not a reused worker's earlier job's
     generator = torch.Generator().manual_seed(int(cfg.seed))
-    loader = torch.utils.data.DataLoader(
+    batches = TrainBatches(
         method.training_data(task_data.train_dataset, task_data.collate, int(cfg.seed)),
-        batch_size=int(task.batch_size),
-        shuffle=True,
-        generator=generator,
-        collate_fn=task_data.collate,
-        num_workers=int(tcfg.num_workers),
+        int(task.batch_size), generator, task_data.collate, device, tcfg.get("num_workers", "auto"),
     )
     method.set_total_steps(total_steps)
     optimizer = build_optimizer(
@@ -148,11 +166,7 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
     )
     warmup = method.lr_warmup_steps(total_steps)
     scheduler = GrowingLinearSchedule(optimizer, task.warmup_steps if warmup is None else warmup, total_steps)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if tcfg.precision == "bf16"
-        else contextlib.nullcontext()
-    )
+    autocast = precision.autocast(device, str(tcfg.precision))
     result = TrainResult()
     trainable_start = count_trainable(model)
     step_seconds: list[float] = []
@@ -166,7 +180,7 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
         train_log.truncate(resumed.train_log_offset)
         train_log.seek(resumed.train_log_offset)
         log.info("resuming from step %d of %d", step, total_steps)
-    progress = Progress(tcfg.progress, total_steps, int(tcfg.log_interval))
+    progress = Progress(tcfg.progress, total_steps, log_interval)
     if progress.bar is not None and step:
         progress.bar.update(step)  # a resumed run's bar starts where the checkpoint was
 
@@ -190,21 +204,28 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
 
     events = LiveEvents(method, tracker, progress.note, write)
 
+    timer, losses = StepTimer(device), LossWatch()
+
+    def settle() -> dict[int, float]:
+        """Read the pending losses (raising Diverged at a non-finite one) and step times."""
+        values = losses.check()
+        step_seconds.extend(timer.read())
+        return values
+
     start = time.perf_counter()
-    last_finite_loss = None
     model.train()
     with checkpointer:
         while step < total_steps:
             epoch_state = generator.get_state()
-            batches = 0
-            for batch in loader:
+            drawn = 0
+            for batch in batches.epoch():
                 if step >= total_steps:
                     break
-                batches += 1
-                if batches <= skip:  # drawn before the checkpoint this run resumed from
+                drawn += 1
+                if drawn <= skip:  # drawn before the checkpoint this run resumed from
                     continue
-                tick = time.perf_counter()
-                batch = {k: v.to(device) for k, v in batch.items()}
+                timer.start()
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with autocast:
                     loss = model(**batch).loss
                     extra = method.extra_loss(model)
@@ -212,34 +233,35 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
                 lr = optimizer.param_groups[0]["lr"]  # the LR this step uses (scheduler.step() moves it on)
                 optimization_step(method, model, optimizer, scheduler, total_loss, step, total_steps, float(tcfg.max_grad_norm))
                 step += 1
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                step_seconds.append(time.perf_counter() - tick)
+                timer.stop()
+                losses.add(step, loss)
                 events.poll()
 
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise Diverged(step, loss_value, last_finite_loss)
-                last_finite_loss = loss_value
-                progress.update(step, loss_value, lr)
-                if step % int(tcfg.log_interval) == 0 or step == 1:
-                    record = {"step": step, "loss": loss_value, "lr": lr}
+                log_step = step % log_interval == 0 or step == 1
+                eval_step = step % eval_interval == 0 and step < total_steps
+                check = log_step or eval_step or step == total_steps or len(losses) >= MAX_PENDING_LOSSES
+                known = settle() if check else {}
+                progress.update(step, known.get(step), lr)
+                if log_step:
+                    record = {"step": step, "loss": known[step], "lr": lr}
                     if extra is not None:
                         record["extra_loss"] = float(extra.detach())
                     write(record)
                     tracker.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step)
-                if step % eval_interval == 0 and step < total_steps:
+                if eval_step:
                     run_evaluation(step, final=False)
                 checkpointer.end_of_step(step)
                 if checkpointer.due(step, total_steps) or checkpointer.stopping:
+                    settle()  # no checkpoint of a diverged state; the step times it stores
                     checkpointer.save(model, method, optimizer, scheduler, LoopState(
-                        step, epoch_state, batches, result.best, result.evaluations, train_log.tell(),
+                        step, epoch_state, drawn, result.best, result.evaluations, train_log.tell(),
                         step_seconds, seconds_before + time.perf_counter() - start, trainable_start,
                     ))
                 if checkpointer.stopping:  # SIGINT or a SLURM timeout/preemption signal
                     progress.close()
                     checkpointer.stop(step)
             skip = 0
+    settle()
     train_seconds = seconds_before + time.perf_counter() - start
     progress.close()
     result.final = {**run_evaluation(step, final=True), "step": step}

@@ -44,9 +44,11 @@ def build_optimizer(groups: list[dict], lr: float, name: str = "adamw_torch") ->
         raise ValueError(f"unknown optimizer {name!r}; train.optimizer must be one of {OPTIMIZERS}")
     if not any(g["params"] for g in groups):
         raise ValueError("the method left no trainable parameters")
+    # multi-tensor (foreach) kernels: bit-identical to the per-tensor loops on the CPU
+    # (tests/test_legacy_adamw.py, tests/test_optim.py) and one launch per group on a GPU
     if name == "adamw_legacy":
-        return LegacyAdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, correct_bias=True)
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        return LegacyAdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, correct_bias=True, foreach=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
 
 
 def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int) -> float:

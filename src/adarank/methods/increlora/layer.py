@@ -140,13 +140,20 @@ class IncreLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
         a, e, b = self.matrices()
-        xd = self.lora_dropout(x).to(a.dtype)
+        kind = x.device.type
+        # the training precision: a's dtype, or autocast's (the cast its matmul would make anyway),
+        # which the score hook's GEMM then uses too
+        xd = self.lora_dropout(x).to(torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else a.dtype)
         update = (xd @ (a * e).t()) @ b.t() * (self.scaling / (self.ranknum + 1e-5))
         if self.scoring and self.training and update.requires_grad:
             update.register_hook(self._make_score_hook(xd))
         return result + update.to(result.dtype)
 
     def _make_score_hook(self, xd: torch.Tensor):
+        """The importance hook of one forward call. ``xd`` is kept as the forward pass had it:
+        in the training precision (bf16 under bf16 autocast, no fp32 copy), and the ∂L/∂ΔW GEMM
+        runs in that precision too; the score itself is summed in fp32 (:func:`importance`)."""
+
         def hook(grad_out: torch.Tensor) -> None:
             start = time.perf_counter()
             with torch.no_grad():

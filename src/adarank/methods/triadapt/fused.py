@@ -97,7 +97,7 @@ class Layout:
                     l0, u0 = piece_start(event, l_key, l_i), piece_start(event, u_key, u_i)
                     lower.extend(range(l0, l0 + store.split_sizes[event][l_key][l_i]))
                     upper.extend(range(u0, u0 + store.split_sizes[event][u_key][u_i]))
-                for source, target in zip(lower + upper, layer._d_index.tolist()):
+                for source, target in zip(lower + upper, layer.d_positions):
                     lu_dst[source] = d_total + target
                     lu_scale[source] = scale
                 d_total += r * r

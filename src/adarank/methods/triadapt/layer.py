@@ -80,6 +80,7 @@ class TriAdaptLinear(nn.Module):
         self._rows: list[int] = []
         self._cols: list[int] = []
         self._num_l = 0  # how many of them belong to L
+        self.d_positions: list[int] = []
         self.register_buffer("_d_index", torch.zeros(0, dtype=torch.long), persistent=False)
         self.fast = FAST
         # (key, A, B) of the last training forward pass, reused by orthogonality() while valid
@@ -152,10 +153,10 @@ class TriAdaptLinear(nn.Module):
         self.blocks.append(size)
         self.rank = new
         self._factors = None
-        device = self.base.weight.device
-        rows = torch.tensor(self._rows, dtype=torch.long, device=device)
-        cols = torch.tensor(self._cols, dtype=torch.long, device=device)
-        self._d_index = rows * new + cols  # flat index into the r × r matrix D
+        # flat index into the r × r matrix D; the host copy lets the fused layout read it without
+        # waiting for the device (fused.py)
+        self.d_positions = [row * new + col for row, col in zip(self._rows, self._cols)]
+        self._d_index = torch.tensor(self.d_positions, dtype=torch.long, device=self.base.weight.device)
 
     def block_tensors(self) -> Blocks:
         """This layer's block tensors: its own parameters, or views of the store's."""

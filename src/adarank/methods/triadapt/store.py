@@ -82,7 +82,10 @@ class BlockStore(nn.Module):
             layer.store_slots.append(slot)
             layer.add_block(size)
         self._splits = None
-        self._layout = self._fused = None
+        self._fused = None
+        # the new layout now, with the growth (its index tensors are host-to-device copies), not in
+        # the next step's forward pass
+        self._layout = Layout(self, self.__dict__["_layers"], self.events[0]._parameters["LU"].device)
         return list(event.parameters())
 
     # -- views -----------------------------------------------------------------------------
