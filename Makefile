@@ -11,7 +11,7 @@ DEMO_STEPS ?= 50
 # one intra-op thread: on our 2-core VMs a MiniLM step is about 5x slower with two
 DEMO_THREADS ?= 1
 
-.PHONY: setup test test-fast demo mini tables bench clean-results
+.PHONY: setup test test-fast demo mini tables bench gpu-check clean-results
 
 setup: $(VENV)/.installed
 
@@ -51,6 +51,12 @@ tables: setup
 bench: setup
 	$(PY) scripts/bench.py
 	$(PY) -m adarank.tools.checkpoint_cost
+
+# on a GPU machine (<= 10 min on one A100/H100/H200; never part of the tests): CUDA vs CPU and bf16 for
+# every method, host-device syncs per step on CUDA, step time and fraction of the bf16 peak at
+# DeBERTaV3-base dimensions (docs/performance.md "GPU check"); report in results/gpu_check/
+gpu-check: setup
+	HF_HUB_OFFLINE=1 $(PY) -m adarank.tools.gpu_check --out results/gpu_check
 
 clean-results:
 	rm -rf results/raw results/tables results/demo results/mini

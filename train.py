@@ -6,6 +6,7 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
+from adarank.gpu_slots import on_free_gpu
 from adarank.jobs import run_job
 from adarank.run import run
 from adarank.training.checkpoint import Interrupted
@@ -16,7 +17,8 @@ def main(cfg) -> float | None:
     logging.getLogger("adarank").setLevel(logging.INFO)
     try:
         # one-line errors; in a multirun every job is recorded and the sweep goes on (adarank/jobs.py)
-        return run_job(run, cfg, HydraConfig.get())
+        # on a multi-GPU machine each job runs in a fresh process on a GPU of its own (adarank/gpu_slots.py)
+        return run_job(on_free_gpu(run), cfg, HydraConfig.get())
     except Interrupted as stop:  # SIGINT: a checkpoint of the last finished step was written
         print(stop, file=sys.stderr, flush=True)
         raise SystemExit(130) from None

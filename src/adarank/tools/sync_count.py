@@ -47,6 +47,7 @@ import threading
 import weakref
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -382,25 +383,28 @@ SCHEDULE = [
 ]
 
 
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+
+
 def arm_overrides(arm: str, data_dir, results_root, device: str = "cpu", extra=()) -> list[str]:
+    """The overrides of one measured run; a key given again later (``extra``) replaces the earlier."""
     method, threshold, own = ARMS[arm]
-    return ["model=tiny", f"method={method}", f"threshold={threshold}", f"data.dir={data_dir}",
-            f"results.root={results_root}", f"train.device={device}", *SCHEDULE, *own, *extra]
+    items = ["model=tiny", f"method={method}", f"threshold={threshold}", f"data.dir={data_dir}",
+             f"results.root={results_root}", f"train.device={device}", *SCHEDULE, *own, *extra]
+    return [f"{key}={value}" for key, value in dict(item.split("=", 1) for item in items).items()]
 
 
 def measure_arm(arm: str, data_dir, results_root, device: str = "cpu", extra=()) -> dict:
     """Train ``arm`` through ``adarank.run.run`` under a :class:`SyncCounter`; return the syncs per
     step, the rank-event steps, the ordinary steps and where the ordinary steps' syncs came from."""
     import json
-    from pathlib import Path
 
     from hydra import compose, initialize_config_dir
 
     from adarank.run import run
 
     overrides = arm_overrides(arm, data_dir, results_root, device, extra)
-    conf = Path(__file__).resolve().parents[3] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     with SyncCounter(device) as counter:
         metrics = run(cfg, overrides)
