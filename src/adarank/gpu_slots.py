@@ -142,12 +142,12 @@ def claim_gpu(requested: str = "auto") -> Iterator[str]:
     """Yield the torch device string this run should use, holding a GPU slot when there is a choice.
 
     In a job process that :func:`on_free_gpu` started, the parent holds the lock and the one
-    visible GPU is this job's: "cuda". Called in any other process (``run()`` from a script), the
+    visible GPU is this job's: the device as requested ("auto" / "cuda"). Called in any other process (``run()`` from a script), the
     lock is taken here; the GPU is then selected with ``CUDA_VISIBLE_DEVICES`` when CUDA is not
     initialised yet, else by finding its UUID among torch's devices."""
     requested = str(requested or "auto")
     if os.environ.get(ENV_CLAIMED) and _wants_slot(requested):
-        yield "cuda"
+        yield requested
         return
     gpus = visible_gpus() if _wants_slot(requested) else []
     if len(gpus) < 2:
@@ -265,7 +265,7 @@ def _rebuild_error(result: dict) -> BaseException:
 
 def _job_main(request_path: str) -> int:
     """The fresh job process: run the job, write its outcome for the parent."""
-    probe = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "torch_imported_before": "torch" in sys.modules}
+    visible, torch_loaded = os.environ.get("CUDA_VISIBLE_DEVICES"), "torch" in sys.modules
     request = json.loads(Path(request_path).read_text())
     root = logging.getLogger()
     root.setLevel(logging.INFO)
@@ -273,6 +273,8 @@ def _job_main(request_path: str) -> int:
         handler = logging.StreamHandler() if target is None else logging.FileHandler(target, mode="a")
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
+    log.info("job process %d: CUDA_VISIBLE_DEVICES=%s, set before torch was imported: %s", os.getpid(), visible,
+             not torch_loaded)
     from omegaconf import OmegaConf
 
     from adarank.run import run
@@ -281,7 +283,7 @@ def _job_main(request_path: str) -> int:
 
     cfg = OmegaConf.create(request["config"])
     OmegaConf.set_struct(cfg, True)
-    outcome: dict = {"probe": probe}
+    outcome: dict = {}
     code = 0
     try:
         metrics = run(cfg, overrides=request["overrides"])

@@ -92,7 +92,7 @@ def write_tiny_rte(root: Path, train_rows: int = 48, dev_rows: int = 24) -> Path
 
 
 def _losses(results_root: Path) -> list[float]:
-    (log,) = results_root.glob("*/*/seed*/*/train_log.jsonl")
+    (log,) = results_root.glob("*/*/seed*/[!.]*/train_log.jsonl")
     return [json.loads(line)["loss"] for line in log.read_text().splitlines() if '"loss"' in line]
 
 

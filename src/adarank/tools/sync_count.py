@@ -408,7 +408,7 @@ def measure_arm(arm: str, data_dir, results_root, device: str = "cpu", extra=())
         cfg = compose("config", overrides=overrides)
     with SyncCounter(device) as counter:
         metrics = run(cfg, overrides)
-    (folder,) = Path(results_root).glob(f"*/*/seed*/{metrics['variant']}")
+    (folder,) = Path(results_root).glob(f"*/*/seed*/{metrics['variant']}")  # the variant: a unique name
     events = [json.loads(line)["step"] for line in (folder / "growth_log.jsonl").read_text().splitlines()]
     steps = int(metrics["costs"]["optimizer_steps"])
     # the loop draws one batch more when the run ends inside an epoch: that fetch opens a last

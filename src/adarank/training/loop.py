@@ -144,8 +144,15 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
 
     ``train_log`` is an open text file receiving one JSON line per log or evaluation event.
     ``checkpointer`` (training/checkpoint.py): writes checkpoints, resumes from one, and turns
-    SIGINT into :class:`Interrupted` after a checkpoint of the last finished step.
+    SIGINT into :class:`Interrupted` after a checkpoint of the last finished step. The run's
+    numeric flags (TF32, deterministic kernels; training/precision.py) hold while it trains.
     """
+    tcfg = cfg.train
+    with precision.numeric_flags(device, bool(tcfg.get("tf32", True)), bool(tcfg.get("deterministic", False))):
+        return _train(model, method, task_data, cfg, total_steps, train_log, tracker, device, checkpointer)
+
+
+def _train(model, method, task_data, cfg, total_steps: int, train_log, tracker, device, checkpointer=None) -> TrainResult:
     checkpointer = checkpointer or Checkpointer(".", 0)
     task, tcfg = cfg.task, cfg.train
     primary = task.primary_metric
@@ -153,7 +160,6 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
     log_interval = int(tcfg.log_interval)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # the run's own device: its RNG is the one a checkpoint saves
-    precision.configure(device, bool(tcfg.get("tf32", True)), bool(tcfg.get("deterministic", False)))
     reset_peak_memory(device)  # this run's peak, not a reused worker's earlier job's
     generator = torch.Generator().manual_seed(int(cfg.seed))
     batches = TrainBatches(

@@ -13,8 +13,8 @@ starts and applied alike to training and evaluation.
   GPU model and software; off by default (CUDA runs are then equal in distribution, not in bits).
   On a CPU, training with one thread is deterministic either way.
 
-The flags are process-wide; every run sets all of them, so a job never inherits the previous
-job's setting in a reused worker.
+The flags are process-wide: a run sets all of them and puts the previous ones back when it ends
+(:func:`numeric_flags`), so nothing leaks into the next job of a reused worker.
 """
 
 from __future__ import annotations
@@ -37,6 +37,22 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def numeric_flags(device: torch.device, tf32: bool, deterministic: bool):
+    """:func:`configure` for the duration of a run, then the process's previous flags again (so a
+    deterministic run leaves nothing behind in a reused worker, a notebook or a test session)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    configure(device, tf32, deterministic)
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, enabled, warn_only,
+         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) = saved
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def configure(device: torch.device, tf32: bool, deterministic: bool) -> None:
