@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 import tempfile
@@ -106,9 +107,11 @@ def calibrate(jobs: list[list[str]], steps: int = CALIBRATION_STEPS, log=print, 
         shutil.rmtree(root, ignore_errors=True)
     return {
         "failed": failed,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),  # a shared machine's step times scale with it
         "date": time.strftime("%Y-%m-%d"),
         "steps": steps,
         "entries": entries,
