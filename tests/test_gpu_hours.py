@@ -27,6 +27,7 @@ def test_steps_and_hours_of_a_slice_by_hand(tmp_path, capsys):
     assert "2 jobs, 7,800 optimizer steps, 1.1 device-hours on test" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # composes all 264 configs (about 2 minutes on a busy 2-core VM)
 def test_the_whole_table1_counts_its_steps_and_says_what_is_not_calibrated():
     result = gpu_hours.estimate(sweep_jobs("table1"), {})
     assert result["jobs"] == 264

@@ -4,7 +4,6 @@ with workers, multi-tensor AdamW, AdaLoRA's device masks, the precision policy a
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -19,7 +18,6 @@ from adarank.checks import ConfigError, check_static
 from adarank.run import run
 from adarank.training import checkpoint, precision
 from adarank.training.batches import TrainBatches
-from adarank.training.legacy_adamw import LegacyAdamW
 from adarank.training.loop import pick_device
 from adarank.training.step_watch import Diverged, LossWatch, peak_memory_mb, reset_peak_memory
 from tests.conftest import compose
@@ -285,26 +283,6 @@ def test_build_optimizer_uses_the_multi_tensor_kernels():
     p = torch.nn.Parameter(torch.zeros(2))
     for name in ("adamw_legacy", "adamw_torch"):
         assert build_optimizer([{"params": [p]}], 0.1, name).param_groups[0]["foreach"] is True
-
-
-def test_legacy_adamw_continues_a_checkpoint_whose_step_counts_are_tensors():
-    """Checkpoints written before the step count became an int hold a 0-dim tensor."""
-    def fresh():
-        torch.manual_seed(0)
-        return torch.nn.Parameter(torch.randn(4))
-
-    p, q = fresh(), fresh()
-    a, b = LegacyAdamW([p], lr=0.1, weight_decay=0.1), LegacyAdamW([q], lr=0.1, weight_decay=0.1)
-    for optimizer, param in ((a, p), (b, q)):
-        param.grad = torch.ones(4)
-        optimizer.step()
-    old = copy.deepcopy(a.state_dict())  # as from a checkpoint file
-    old["state"][0]["step"] = torch.tensor(float(old["state"][0]["step"]))  # as an older version wrote it
-    b.load_state_dict(old)
-    for optimizer, param in ((a, p), (b, q)):
-        param.grad = torch.full((4,), -0.5)
-        optimizer.step()
-    assert torch.equal(p, q) and a.state[p]["step"] == b.state[q]["step"] == 2
 
 
 # -- AdaLoRA's final masks on the device (item 6) -----------------------------------------------

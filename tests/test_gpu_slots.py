@@ -64,6 +64,7 @@ def test_slots_are_locked_by_uuid(two_gpus):
     b.close(), c.close()
 
 
+@pytest.mark.slow  # a child process imports torch and transformers afresh
 def test_each_job_runs_in_a_fresh_process_that_sees_only_its_gpu(two_gpus, make_cfg, capfd):
     """The wrapper train.py uses: with two GPUs to choose from, it locks the first free one and
     runs the job in a child started with CUDA_VISIBLE_DEVICES=<its UUID> (set before the child

@@ -78,7 +78,9 @@ def test_build_optimizer_choices():
         build_optimizer([{"params": [p]}], 0.1, "adam")
 
 
-def test_a_state_dict_round_trip_continues_identically():
+@pytest.mark.parametrize("tensor_steps", [False, True])
+def test_a_state_dict_round_trip_continues_identically(tensor_steps):
+    """Also from a checkpoint written when the step counts were 0-dim tensors (before issue 23)."""
     def fresh():
         torch.manual_seed(0)
         return torch.nn.Parameter(torch.randn(4))
@@ -88,11 +90,14 @@ def test_a_state_dict_round_trip_continues_identically():
     for optimizer, param in ((a, p), (b, q)):
         param.grad = torch.ones(4)
         optimizer.step()
-    b.load_state_dict(copy.deepcopy(a.state_dict()))  # as from a checkpoint file
+    saved = copy.deepcopy(a.state_dict())  # as from a checkpoint file
+    if tensor_steps:
+        saved["state"][0]["step"] = torch.tensor(float(saved["state"][0]["step"]))
+    b.load_state_dict(saved)
     for optimizer, param in ((a, p), (b, q)):
         param.grad = torch.full((4,), -0.5)
         optimizer.step()
-    assert torch.equal(p, q)
+    assert torch.equal(p, q) and a.state[p]["step"] == b.state[q]["step"] == 2
 
 
 def test_an_unknown_optimizer_is_a_config_error():

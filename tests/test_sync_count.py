@@ -65,8 +65,10 @@ def test_no_sync_in_an_ordinary_step_of_any_method(tiny_glue_dir, tmp_path):
             assert result["event_steps"][-1] == 18
             after = [s for s in result["ordinary_steps"] if s > 18]
             assert after == [19, 21, 22, 23] and all(result["per_step"][s - 1] == 0 for s in after)
-        # log steps read the losses once: the one sync they are allowed
-        assert result["per_step"][10 - 1] <= 2 and result["per_step"][20 - 1] <= 2, (arm, result["per_step"])
+        # log steps without a rank event read the losses once (and the extra loss, when logged)
+        for step in (10, 20):
+            if step not in result["event_steps"]:
+                assert result["per_step"][step - 1] <= 2, (arm, result["per_step"])
 
 
 def test_a_sync_in_a_method_hook_is_counted(tiny_glue_dir, tmp_path, monkeypatch):

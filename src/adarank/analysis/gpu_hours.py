@@ -33,13 +33,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-#: training examples of the public splits (GLUE: the GLUE benchmark's train files; SQuAD 2.0:
-#: questions of train-v2.0.json, each at least one window of doc_stride; long contexts add a few %)
-TRAIN_SIZES = {"mnli": 392_702, "sst2": 67_349, "cola": 8_551, "qqp": 363_846, "qnli": 104_743,
-               "rte": 2_490, "mrpc": 3_668, "stsb": 5_749, "squad_v2": 130_319}
-#: evaluated examples (GLUE dev; MNLI matched + mismatched; SQuAD 2.0 dev questions)
-DEV_SIZES = {"mnli": 9_815 + 9_832, "sst2": 872, "cola": 1_043, "qqp": 40_430, "qnli": 5_463, "rte": 277,
-             "mrpc": 408, "stsb": 1_500, "squad_v2": 11_873}
+from adarank.data.split_sizes import DEV as DEV_SIZES
+from adarank.data.split_sizes import TRAIN as TRAIN_SIZES
+
 #: a forward pass of an evaluation batch, as a share of a training step
 EVAL_STEP_SHARE = 1 / 3
 CALIBRATION_STEPS = 24

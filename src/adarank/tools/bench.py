@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from adarank.data import split_sizes
 from adarank.methods.base import Method
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
@@ -146,8 +147,7 @@ class BenchConfig:
 
 
 #: training examples of the GLUE tasks (the published split sizes): T_paper of the whole-run mode
-GLUE_TRAIN_SIZES = {"mnli": 392_702, "sst2": 67_349, "cola": 8_551, "qqp": 363_846, "qnli": 104_743,
-                    "rte": 2_490, "mrpc": 3_668, "stsb": 5_749}
+GLUE_TRAIN_SIZES = {task: n for task, n in split_sizes.TRAIN.items() if task != "squad_v2"}
 
 
 # -- configuration ---------------------------------------------------------------------------

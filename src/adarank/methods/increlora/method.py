@@ -154,7 +154,7 @@ class IncreLoRA(Method):
 
     def _group_options(self) -> dict:
         """Every growth adds 3 tensors per grown module: let AdamW loop over them in C++."""
-        return {"foreach": True} if self.fast else {}
+        return {"foreach": self.fast}  # the plain oracle keeps AdamW's per-tensor loop
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         if self.reg_coef == 0:

@@ -135,9 +135,8 @@ class TriAdaptLoRA(Method):
 
     def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
         groups = super().optimizer_groups(model, weight_decay)
-        if self.fast:  # AdamW loops over the tensors in C++ (the same arithmetic as its Python loop)
-            for group in groups:
-                group["foreach"] = True
+        for group in groups:  # fast: AdamW's multi-tensor kernels; the oracle keeps its per-tensor loop
+            group["foreach"] = self.fast
         return groups
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
@@ -165,7 +164,7 @@ class TriAdaptLoRA(Method):
                 params,
                 weight_decay=float(self.task.get("weight_decay") or 0.0),
                 policy=self.options["new_group_lr"],
-                **({"foreach": True} if self.fast else {}),
+                foreach=self.fast,
             )
         self.allocation_seconds += time.perf_counter() - start
         if event is not None:
@@ -190,7 +189,7 @@ class TriAdaptLoRA(Method):
                 params,
                 weight_decay=float(self.task.get("weight_decay") or 0.0),
                 policy=self.options["new_group_lr"],
-                **({"foreach": True} if self.fast else {}),
+                foreach=self.fast,
             )
 
     def load_state_dict(self, state: dict) -> None:
