@@ -234,7 +234,7 @@ def test_disk_full_at_a_checkpoint_is_one_line_and_the_last_checkpoint_survives(
     stop_at_step(monkeypatch, 3, lambda: fillers.append(fill(disk, leave=8192)))  # the step-4 save fails
     message = one_line(cfg, overrides, tmp_path)
     folder = folder_of(cfg, overrides)
-    assert message.startswith(f"disk full: no space left for {folder} (") and " MB free on its filesystem)" in message
+    assert message.startswith(f"disk full: no space left for {folder} (") and " KB free on its filesystem)" in message
     assert "rerun the same command (it resumes from the last checkpoint)" in message
     failure = json.loads((folder / run_folder.FAILURE_FILE).read_text())
     assert failure["error"] == "disk full" and failure["status"] == "failed"

@@ -34,12 +34,12 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
     """
     wall_start = time.perf_counter()
     threshold = checks.check_static(cfg)
-    checks.check_results_root(cfg.results.root)
     folder = results.run_dir(cfg, threshold, overrides or [])
     done = results.find_complete(folder)
     if done is not None and not cfg.force:
         return _skip(cfg, done)
     # what the run asks of this machine and of the model, before any data is read
+    checks.check_results_root(cfg.results.root)
     checks.check_device(cfg.train.device)
     checks.check_model(cfg)
     # locked while this process trains; force=true trains in a sibling that replaces the folder

@@ -56,11 +56,11 @@ class DiskFull(OSError):
 
     def __init__(self, folder: Path, err: OSError):
         free = _free_bytes(folder)
-        shown = "unknown" if free is None else f"{free / 2**20:.1f} MB"
+        shown = "unknown" if free is None else f"{free / 2**20:.1f} MB" if free >= 2**20 else f"{free // 1024} KB"
+        writing = f" while writing {Path(err.filename).name}" if err.filename else ""
         super().__init__(
-            f"no space left for {folder} ({shown} free on its filesystem) while writing "
-            f"{err.filename or 'a file'}; free some space or set results.root elsewhere, then rerun the same "
-            "command (it resumes from the last checkpoint)"
+            f"no space left for {folder} ({shown} free on its filesystem){writing}; free some space or set "
+            "results.root elsewhere, then rerun the same command (it resumes from the last checkpoint)"
         )
         self.errno = err.errno
 
