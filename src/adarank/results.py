@@ -163,7 +163,7 @@ def staged_folder(out: Path, marker: str):
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700
         yield staging
-        old = out.with_name(f".{out.name}.{os.getpid()}.old")
+        old = out.with_name(f"{staging.name}.old")  # unique, like the staging folder
         if out.exists():
             os.replace(out, old)
         os.replace(staging, out)
