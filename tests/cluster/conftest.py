@@ -1,8 +1,8 @@
 """A throw-away single-node SLURM cluster for the tests in this folder (scripts/slurm_local.sh).
 
-One cluster per test session: the fixture is session-scoped, and every test here carries
-``xdist_group("slurm")``, which ``--dist loadgroup`` (pyproject addopts) sends to a single xdist
-worker, so ``pytest -n 2`` starts one cluster, not one per worker. The tests skip, naming what is
+One cluster per test session: the fixture is session-scoped, and under ``pytest -n 2`` the
+scheduler of tests/conftest.py sends every test of this folder to the same xdist worker, so one
+cluster is started, not one per worker. The tests skip, naming what is
 missing, where SLURM or munge is not installed or the user is not root (slurmd starts jobs as
 their user); CI installs both (.ci/run) and runs them.
 """

@@ -35,7 +35,7 @@ from adarank.training import checkpoint
 from tests.cluster.conftest import wait_for
 from tests.conftest import REPO, compose, merge_overrides
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 LAUNCHER = ["hydra/launcher=slurm_cpu", "hydra.launcher.partition=cpu", "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5", "hydra.launcher.signal_delay_s=30",
@@ -108,12 +108,12 @@ def test_a_three_job_sweep_completes_and_make_tables_reads_it(slurm_cluster, tmp
     assert (tmp_path / "tables" / "table1.md").is_file()
 
 
-@pytest.fixture(scope="module")
-def requeued_run(slurm_cluster, tmp_path_factory, tiny_glue_dir):
-    """(b)/(d): one IncreLoRA job of 160 steps (0.2 s pause each), forced past its time limit
-    once training; what the run folder held while the requeued job waited, and at the end."""
-    tmp_path = tmp_path_factory.mktemp("requeue")
-    overrides = [*GROWTH, "train.max_steps=160", "train.eval_interval=40", "train.checkpoint_interval=10"]
+def test_b_d_a_job_past_its_time_limit_is_requeued_not_failed_and_resumes_like_an_uninterrupted_run(
+        slurm_cluster, tmp_path, tiny_glue_dir):
+    """(b) and (d) in one job (one requeue costs over a minute): an IncreLoRA job of 200 steps
+    (0.2 s pause each: 40 s, more than the 30 s SLURM may take to send its signal), forced past
+    its time limit after its first checkpoint (step 10)."""
+    overrides = [*GROWTH, "train.max_steps=200", "train.eval_interval=50", "train.checkpoint_interval=10"]
     process = start_sweep(slurm_cluster, tmp_path, tiny_glue_dir, overrides, **{checkpoint.TEST_STEP_SECONDS_ENV: "0.2"})
     try:
         job = submitted_job(tmp_path)
@@ -122,56 +122,39 @@ def requeued_run(slurm_cluster, tmp_path_factory, tiny_glue_dir):
         slurm_cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=1")  # now past limit - signal_delay_s
         waiting = wait_for(lambda: (lambda j: j if j.get("JobState") == "PENDING" and j.get("Restarts") == "1" else None)(
             slurm_cluster.job(job)), 90, "SLURM's signal and the requeue")
-        pending = {
-            "reason": waiting.get("Reason"),
-            "failure": (folder / folders.FAILURE_FILE).exists(),
-            "metrics": (folder / "metrics.json").exists(),
-            "checkpoint_step": checkpoint.read(folder)["loop"]["step"],
-            "interruptions": (folder / folders.INTERRUPTIONS_FILE).read_text().splitlines()
-            if (folder / folders.INTERRUPTIONS_FILE).exists() else [],
-            "job_status": json.loads(next((tmp_path / "sweep").glob("*/job_status.json")).read_text()),
-        }
+        # (d) while the requeued job waits: a requeue event, no failure record, not finished-looking
+        assert waiting.get("Reason") == "BeginTime"
+        step = checkpoint.read(folder)["loop"]["step"]
+        assert 0 < step < 200
+        assert not (folder / folders.FAILURE_FILE).exists() and not (folder / "metrics.json").exists()
+        [event] = [json.loads(line) for line in (folder / folders.INTERRUPTIONS_FILE).read_text().splitlines()]
+        assert event["event"] == "requeued" and event["step"] == step and event["slurm_job_id"]
+        [status_file] = (tmp_path / "sweep").glob("*/job_status.json")
+        assert json.loads(status_file.read_text())["status"] == "requeued"
         slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", "TimeLimit=5")
         out = finish(process, tmp_path, slurm_cluster)
     finally:
         if process.poll() is None:
             process.kill()
-    return {"tmp_path": tmp_path, "folder": folder, "overrides": overrides, "pending": pending, "out": out,
-            "returncode": process.returncode, "logs": job_logs(tmp_path)}
-
-
-def test_b_a_job_past_its_time_limit_is_requeued_and_resumes_like_an_uninterrupted_run(requeued_run, tmp_path, tiny_glue_dir):
-    result = requeued_run
-    assert result["returncode"] == 0, result["out"][-3000:]
-    assert "sweep finished: 1 jobs: 1 completed" in result["out"]
-    step = result["pending"]["checkpoint_step"]
-    assert 0 < step < 160
-    assert "this job is timed-out" in result["logs"]  # submitit's reading of SLURM's signal
-    assert f"resuming from step {step} of 160" in result["logs"]
-    # the same run, uninterrupted, in this process
-    final = merge_overrides({}, [*TINY, *result["overrides"], f"data.dir={tiny_glue_dir}", f"results.root={tmp_path}"])
+    assert process.returncode == 0, out[-3000:]
+    assert "sweep finished: 1 jobs: 1 completed" in out
+    logs = job_logs(tmp_path)
+    assert "this job is timed-out" in logs  # submitit's reading of SLURM's signal
+    assert f"resuming from step {step} of 200" in logs
+    # (d) after the requeued job finished: still no failure record, the job record says completed
+    assert not (folder / folders.FAILURE_FILE).exists()
+    assert json.loads(status_file.read_text())["status"] == "completed"
+    # (b) the same run, uninterrupted, in this process, ends identically
+    final = merge_overrides({}, [*TINY, *overrides, f"data.dir={tiny_glue_dir}", f"results.root={tmp_path / 'reference'}"])
     reference = run_module.run(compose(final), final)
-    [reference_folder] = {p.parent for p in tmp_path.rglob("metrics.json")}
-    folder = result["folder"]
+    [reference_folder] = {p.parent for p in (tmp_path / "reference").rglob("metrics.json")}
     metrics = json.loads((folder / "metrics.json").read_text())
     for key in ("best", "final", "evaluations", "rank"):
         assert metrics[key] == reference[key], key
-    assert len(metrics["rank"]) and json.loads((folder / "growth_log.jsonl").read_text().splitlines()[0])["step"] > 0
+    assert json.loads((folder / "growth_log.jsonl").read_text().splitlines()[0])["step"] > 0
     for name in ("train_log.jsonl", "growth_log.jsonl", "rank_pattern.json"):
         assert (folder / name).read_text() == (reference_folder / name).read_text(), name
     assert not checkpoint.path_in(folder).exists()
-
-
-def test_d_a_requeue_is_recorded_as_a_requeue_not_a_failure(requeued_run):
-    pending, folder = requeued_run["pending"], requeued_run["folder"]
-    # while the requeued job waits: no failure record, a requeue event, not finished-looking
-    assert pending["reason"] == "BeginTime" and not pending["failure"] and not pending["metrics"]
-    [event] = [json.loads(line) for line in pending["interruptions"]]
-    assert event["event"] == "requeued" and event["step"] == pending["checkpoint_step"] and event["slurm_job_id"]
-    assert pending["job_status"]["status"] == "requeued"
-    # after the requeued job finished
-    assert not (folder / folders.FAILURE_FILE).exists()
-    assert json.loads(next((requeued_run["tmp_path"] / "sweep").glob("*/job_status.json")).read_text())["status"] == "completed"
 
 
 def test_c_scancel_leaves_no_finished_looking_folder_and_the_rerun_finishes_it(slurm_cluster, tmp_path, tiny_glue_dir):
