@@ -22,6 +22,10 @@ def main(cfg) -> float | None:
     except Interrupted as stop:  # SIGINT: a checkpoint of the last finished step was written
         print(stop, file=sys.stderr, flush=True)
         raise SystemExit(130) from None
+    except KeyboardInterrupt:  # a second Ctrl-C during that stop, or one before training started
+        print("interrupted; rerun the same command to resume from the last checkpoint, if one was written",
+              file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -25,9 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         report = write_report(args.results, args.out, conf_dir=args.conf, setup=args.setup)
-    except (NoResultsError, UnknownSetupError) as err:
+    except (NoResultsError, UnknownSetupError, FileExistsError) as err:
         print(f"make tables: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the tables are written into a temporary folder swapped in at the end
+        print(f"make tables: interrupted; {args.out} is as it was before", file=sys.stderr)
+        return 130
     print(report.summary())
     print(f"wrote {len(report.files)} files to {args.out}")
     return 0

@@ -28,6 +28,24 @@ REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 SHARED_GLUE = REPO.parent / "shared" / "data" / "glue"
 
+CLUSTER_TESTS = "tests/cluster/"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist: every test in tests/cluster/ on one worker, so one session-scoped SLURM
+    cluster serves them all (two workers would start two clusters); the other tests are spread
+    one by one as with ``--dist load``. (xdist's own ``--dist loadgroup`` does not work with
+    pytest 9.2: the group suffix xdist 3.8 appends to node ids is ignored.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ClusterTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return CLUSTER_TESTS if nodeid.startswith(CLUSTER_TESTS) else nodeid
+
+    return ClusterTestsTogether(config, log)
+
+
 # what every in-process test run uses unless the test overrides it
 FAST_DEFAULTS = {
     "model": "tiny",

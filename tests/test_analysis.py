@@ -13,6 +13,7 @@ import pytest
 from adarank.analysis import NoResultsError, build_report, load_runs, write_report
 from adarank.analysis.paper import load_paper
 from adarank.analysis.rank_pattern import module_position, rank_matrix, rank_value
+from adarank.analysis.runs import BAD_FILE
 from adarank.analysis.synthetic import demo_tree, fake_run, layered_pattern
 from adarank.analysis.tables import AVG, to_latex, to_markdown
 
@@ -388,11 +389,13 @@ def test_left_out_runs_and_figure_notes_say_why(tmp_path):
     root = tmp_path / "raw"
     pattern = layered_pattern(2, lambda layer, weight: 4)
     fake_run(root, "rte", "lora", 0, 80.0)
-    fake_run(root, "rte", "newmethod", 0, 81.0)  # an arm Table I has no row for
+    fake_run(root, "rte", "newmethod", 0, 81.0)  # no method of this harness: skipped as unreadable
+    fake_run(root, "squad_v2", "bitfit", 0, 81.0)  # an arm Table IV has no row for
     fake_run(root, "rte", "triadapt", 0, 82.0, "linear", model="minilm", total_rank=48, rank_pattern=pattern)
     report = write_report(root, tmp_path / "tables")
     reasons = set(report.left_out.loc[report.left_out["table"] == "table1", "reason"])
-    assert "no row for method arm newmethod" in reasons
+    assert "no row for method arm bitfit" in set(report.left_out.loc[report.left_out["table"] == "table4", "reason"])
+    assert BAD_FILE in set(report.left_out.loc[report.left_out["table"] == "all", "reason"])
     assert any(r.startswith("setup 'model=minilm'") for r in reasons)
     assert any("1 run(s) have rank patterns, 0 of them" in note for note in report.notes)
     assert "left out" in (tmp_path / "tables" / "table1.md").read_text()

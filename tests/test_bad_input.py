@@ -1,4 +1,4 @@
-"""Issue 12 §3: bad input is refused with one clear line before any compute (no training here)."""
+"""Issue 12 §3 (and issue 24 §4): bad input is refused with one clear line before any compute (no training here)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from adarank import jobs
 from adarank import run as run_module
-from adarank.analysis import build_report, load_runs
+from adarank.analysis import build_report, load_runs, write_report
 from adarank.analysis.runs import BAD_FILE
 from adarank.analysis.synthetic import fake_run
 from adarank.checks import ConfigError, check_static
@@ -151,6 +151,19 @@ def test_make_tables_skips_bad_metrics_files_with_a_warning_and_counts_them(tmp_
         "wrong_type": json.dumps({**metrics, "best": [1, 2]}).encode(),
         "nan_score": json.dumps({**metrics, "best": {**metrics["best"], "accuracy": float("nan")}}).encode(),
         "bad_seed": json.dumps({**metrics, "seed": "zero"}).encode(),
+        # issue 24 §4: every field the tables read is type-checked, names are checked against conf/
+        **{name: json.dumps({**metrics, **change}).encode() for name, change in {
+            "rank_string": {"rank": "x"},
+            "rank_total_string": {"rank": {"total_rank": "x"}},
+            "unknown_method": {"method": "lroa"},
+            "negative_seed": {"seed": -1},
+            "empty_config": {"config": {}},
+            "unknown_threshold": {"threshold": "quadratic"},
+            "cost_string": {"costs": {**metrics["costs"], "wall_seconds": "slow"}},
+            "cost_bool": {"costs": {**metrics["costs"], "optimizer_steps": True}},
+            "best_string": {"best": {**metrics["best"], "f1": "high"}},
+            "by_rank_keys": {"by_rank": {"x": {"accuracy": 1.0}}},
+        }.items()},
     }
     for name, content in bad.items():
         folder = root / "rte" / "lora" / "seed9" / f"{name}-0000"
@@ -162,4 +175,6 @@ def test_make_tables_skips_bad_metrics_files_with_a_warning_and_counts_them(tmp_
     assert list(runs["run_dir"]) == [str(good)]
     assert sorted(d[0].rsplit("/", 1)[-1] for d in dropped) == sorted(f"{n}-0000" for n in bad)
     assert caplog.text.count("skipping") == len(bad)
+    assert "method 'lroa' is none of" in caplog.text and "seed -1 is not an integer >= 0" in caplog.text
     assert f"{len(bad)} run(s) left out of every table: {BAD_FILE}" in build_report(root).summary()
+    write_report(root, tmp_path / "tables")  # and the whole report is written

@@ -177,6 +177,27 @@ def test_train_py_exits_130_with_one_line_on_sigint_and_force_starts_afresh(make
     assert not checkpoint.path_in(folder).exists()
 
 
+def test_a_second_ctrl_c_during_the_graceful_stop_exits_130_in_one_line(make_cfg, tmp_path):
+    """Issue 24 §2: two SIGINTs at the end of step 4 (the second while the first one's stop is
+    under way) stop at once: exit 130, one line, no traceback; the last periodic checkpoint stays
+    and the folder records an interruption, not a failure."""
+    from adarank import run_folder as folders
+
+    cfg, final = make_cfg([*COMMON, "method=lora", "train.checkpoint_interval=3"])
+    argv = [sys.executable, str(REPO / "train.py"), *final, f"hydra.run.dir={tmp_path / 'hydra'}"]
+    env = {**os.environ, checkpoint.TEST_SIGNAL_ENV: "4:INT,4:INT", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if "interrupted" in line] == [
+        "interrupted; rerun the same command to resume from the last checkpoint, if one was written"]
+    folder = run_folder(Path(cfg.results.root))
+    assert checkpoint.read(folder)["loop"]["step"] == 3
+    assert not (folder / folders.FAILURE_FILE).exists()
+    [event] = [json.loads(line) for line in (folder / folders.INTERRUPTIONS_FILE).read_text().splitlines()]
+    assert event["event"] == "interrupted" and event["step"] is None
+
+
 def test_a_preemption_signal_is_deferred_to_a_checkpoint_then_handed_to_submitit(make_cfg, tmp_path):
     """Under submitit, SLURM's timeout/preemption signal (USR2) runs submitit's handler, which
     requeues the job and exits. The loop defers it to the end of the optimizer step, writes a

@@ -1,8 +1,15 @@
-"""Configuration errors, all raised before any data is tokenised or any model is built."""
+"""Configuration errors, all raised before any data is tokenised or any model is built.
+
+``check_static``: the config alone (values, keys, names, local data files present);
+``check_results_root``, ``check_device``: what the config asks of this machine (a writable results
+folder, a device that exists); ``check_model``: what needs the model's architecture (its config,
+no weights); ``check_schedule``: what needs the dataset size.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from adarank import validation
 from adarank.methods import REGISTRY, method_class
@@ -62,6 +69,65 @@ def check_static(cfg) -> str | None:
     except ValueError as err:
         raise ConfigError(str(err)) from err
     return None if threshold == "none" else threshold
+
+
+def check_results_root(root: str) -> None:
+    """``results.root`` must be a folder this process can write, or creatable in one."""
+    path = Path(str(root)).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the first part of the path that exists (a folder, or a file)
+    if not existing.is_dir():
+        raise ConfigError(f"results.root={root}: {existing} is a file, not a folder; point results.root at a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        why = "is on a read-only filesystem" if read_only else "is not writable by this user"
+        raise ConfigError(f"results.root={root}: {existing} {why}; point results.root at a writable folder")
+
+
+def check_device(device: str) -> None:
+    """``train.device`` must exist on this machine (a CUDA device among the visible ones)."""
+    device = str(device)
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(
+            f"train.device={device} but this machine has no CUDA device (torch {torch.__version__}, "
+            f"built with CUDA {torch.version.cuda or 'no'}); use train.device=cpu, or auto"
+        )
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        names = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise ConfigError(
+            f"train.device={device} but this machine has {count} visible CUDA device{'s' if count > 1 else ''} "
+            f"({names}); pick one of them, or train.device=cuda / auto"
+        )
+
+
+#: the model head each task kind trains
+TASK_HEADS = {"glue": "sequence_classification", "squad_v2": "question_answering"}
+
+
+def check_model(cfg) -> None:
+    """Checks that need the model's architecture, built without weights (``model_skeleton``: its
+    config only): the sequence length fits the position embeddings, and the method finds modules
+    to adapt (a model override such as model.num_layers=0 or a target_regex matching nothing)."""
+    from adarank.models import model_skeleton
+
+    skeleton = model_skeleton(cfg.model, TASK_HEADS[cfg.task.kind], int(cfg.task.num_labels), cfg.data.cache_dir)
+    limit = getattr(skeleton.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and int(cfg.task.max_seq_length) > limit:
+        raise ConfigError(
+            f"task.max_seq_length={cfg.task.max_seq_length} exceeds the {limit} positions model={cfg.model.name} "
+            f"has (max_position_embeddings); use task.max_seq_length={limit} or less"
+        )
+    try:
+        method_class(cfg.method.name).check_model(cfg.method, cfg.model, skeleton)
+    except ValueError as err:
+        raise ConfigError(f"method={cfg.method.name} finds nothing to adapt in model={cfg.model.name}: {err}") from err
 
 
 def check_schedule(cfg, threshold: str | None, total_steps: int, num_examples: int) -> None:

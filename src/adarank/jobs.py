@@ -1,10 +1,11 @@
 """One Hydra job around ``run()``: errors as one line, a status record per job, a sweep summary.
 
-* A single run (``python train.py ...``) turns an expected error (configuration, data, a run
-  already being trained) into one line on stderr and a non-zero exit; other exceptions keep
-  their traceback.
+* A single run (``python train.py ...``) turns an expected error (configuration, data, a model
+  that cannot be loaded, a run already being trained, a full disk) into one line on stderr and a
+  non-zero exit; other exceptions keep their traceback.
 * In a multirun (``-m``) no job stops the sweep: every job writes ``job_status.json`` into its
-  Hydra job folder under the sweep folder (``status`` completed | skipped | diverged | failed,
+  Hydra job folder under the sweep folder (``status`` completed | skipped | diverged | failed, or
+  requeued while a SLURM job waits to resume from its checkpoint,
   ``overrides``, and for a failure the error's type and message; the run folder itself gets
   ``failure.json`` when it exists, see run_folder.py), and :class:`SweepSummary`, a Hydra callback
   configured in conf/config.yaml, prints one summary line at the end and exits with status 1 when
@@ -25,14 +26,16 @@ from adarank import results
 from adarank.checks import ConfigError
 from adarank.data.glue import GlueDataError
 from adarank.data.squad import SquadDataError
-from adarank.run_folder import RunBusy, Skipped
+from adarank.models import ModelUnavailableError
+from adarank.run_folder import DiskFull, RunBusy, Skipped
+from adarank.training.checkpoint import Requeued
 
 log = logging.getLogger("adarank")
 
 STATUS_FILE = "job_status.json"
 # errors whose message says everything: no traceback
 EXPECTED = {ConfigError: "configuration error", GlueDataError: "data error", SquadDataError: "data error",
-            RunBusy: "run in use"}
+            ModelUnavailableError: "model unavailable", RunBusy: "run in use", DiskFull: "disk full"}
 
 
 def one_line(err: BaseException) -> str:
@@ -52,6 +55,9 @@ def run_job(run, cfg, hydra_cfg):
     record_path = Path(hydra_cfg.runtime.output_dir) / STATUS_FILE
     try:
         metrics = run(cfg, overrides=overrides)
+    except Requeued as stop:  # SLURM requeued the job: the requeued one resumes and records its end
+        write_status(record_path, "requeued", overrides, step=stop.step)
+        raise
     except Exception as err:  # noqa: BLE001 - recorded, and the sweep goes on
         if isinstance(err, tuple(EXPECTED)):
             log.error("job %s failed: %s", hydra_cfg.job.num, one_line(err))

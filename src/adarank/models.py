@@ -127,6 +127,18 @@ def load_model(model_cfg, head: str, num_labels: int, cls_dropout: float, cache_
         raise ModelUnavailableError(_hub_hint(model_cfg)) from err
 
 
+def model_skeleton(model_cfg, head: str, num_labels: int, cache_dir=None) -> nn.Module:
+    """The model's architecture without its weights, for up-front checks: only the config is read
+    (config.json; no weights downloaded) and the modules are built on torch's meta device (no
+    memory, no initialisation)."""
+    import torch
+    import transformers
+
+    config = build_config(model_cfg, head, num_labels, 0.0, cache_dir)
+    with torch.device("meta"):
+        return getattr(transformers, HEADS[head]).from_config(config)
+
+
 def adapted_module_names(model: nn.Module, target_regex: str) -> list[str]:
     """Names of the nn.Linear modules a LoRA-family method adapts (``re.fullmatch`` on the name)."""
     pattern = re.compile(target_regex)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -135,9 +137,12 @@ def prepare_folder(folder: Path) -> None:
 
 def write_json_atomic(path: Path, obj) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file.
-    The temporary name is unique per process and call, so two writers never share it."""
+    The temporary name is unique per process and call, so two writers never share it. The file
+    gets the mode any other file of the run gets (0666 less the umask; a temporary file alone
+    would be 0600, unreadable to the other users of a shared results tree)."""
     handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", delete=False)
     try:
+        os.chmod(handle.name, 0o666 & ~_umask())
         with handle:
             json.dump(obj, handle, indent=2, sort_keys=False, default=_jsonable)
             handle.flush()
@@ -146,6 +151,57 @@ def write_json_atomic(path: Path, obj) -> None:
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path, marker: str):
+    """Yield a fresh hidden sibling of ``out`` to write into; once the block ends without error it
+    replaces ``out`` (so ``out`` holds either the old or the new complete content, never half of
+    it), otherwise it is removed and ``out`` stays as it was. An existing ``out`` is replaced only
+    when empty or holding ``marker`` (a folder this same writer made), never another folder."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
+        raise FileExistsError(f"{out} exists and was not written by this command (no {marker} in it); "
+                              "remove it or choose another output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700
+        yield staging
+        old = out.with_name(f"{staging.name}.old")  # unique, like the staging folder
+        if out.exists():
+            os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only left when the block failed
+
+
+def writes_folder_whole(marker: str):
+    """Decorator for ``write(source, out, ...)`` that writes a whole folder: it writes into
+    :func:`staged_folder` and returns its result with every path under the staging folder (in
+    its list attributes, e.g. a report's ``files``) moved to ``out``."""
+
+    def decorate(write):
+        @functools.wraps(write)
+        def wrapper(source, out, *args, **kwargs):
+            out = Path(out)
+            with staged_folder(out, marker) as staging:
+                result = write(source, staging, *args, **kwargs)
+            for name, value in vars(result).items():
+                if isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+                    setattr(result, name, [out / v.relative_to(staging) if v.is_relative_to(staging) else v for v in value])
+            return result
+
+        return wrapper
+
+    return decorate
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def write_jsonl(path: Path, rows) -> None:
@@ -208,13 +264,17 @@ RUN_FILES = ("metrics.json", "config.yaml", "train_log.jsonl", "rank_pattern.jso
 
 
 STATUSES = ("completed", "diverged")
-FIELD_TYPES = {"task": str, "method": str, "model": str, "primary_metric": str, "best": dict, "final": dict,
-               "costs": dict, "config": dict}
+FIELD_TYPES = {"task": str, "method": str, "model": str, "variant": str, "primary_metric": str, "best": dict,
+               "final": dict, "costs": dict, "rank": dict, "config": dict}
+OPTIONAL_FIELD_TYPES = {"schedule": dict, "by_rank": dict, "data": dict}
+#: the numbers of ``rank`` the tables and figures read (methods add others of any type)
+RANK_NUMBERS = ("total_rank", "adapted_modules", "init_total_rank", "target_total_rank")
 
 
 def metrics_problems(metrics) -> list[str]:
-    """Why a parsed metrics.json cannot be read as a run (empty list: it can). ``make tables``
-    skips such files; a finished run of this harness never has any."""
+    """Why a parsed metrics.json cannot be read as a run (empty list: it can): every field the
+    tables read has its type (numbers are int/float, never bool; costs and rank numbers may be
+    null). ``make tables`` skips such files; a finished run of this harness never has any."""
     import math
 
     if not isinstance(metrics, dict):
@@ -226,15 +286,38 @@ def metrics_problems(metrics) -> list[str]:
         problems.append(f"status {metrics['status']!r} is none of {', '.join(STATUSES)}")
     problems += [f"{k} is {type(metrics[k]).__name__}, not {t.__name__}" for k, t in FIELD_TYPES.items()
                  if not isinstance(metrics[k], t)]
-    if not isinstance(metrics["seed"], int) or isinstance(metrics["seed"], bool):
-        problems.append(f"seed {metrics['seed']!r} is not an integer")
+    problems += [f"{k} is {type(metrics[k]).__name__}, not {t.__name__}" for k, t in OPTIONAL_FIELD_TYPES.items()
+                 if metrics.get(k) is not None and not isinstance(metrics[k], t)]
+    if not _is_count(metrics["seed"]):
+        problems.append(f"seed {metrics['seed']!r} is not an integer >= 0")
+    if not _is_count(metrics["evaluations"]):
+        problems.append(f"evaluations {metrics['evaluations']!r} is not an integer >= 0")
+    if metrics["threshold"] is not None and not isinstance(metrics["threshold"], str):
+        problems.append(f"threshold {metrics['threshold']!r} is not a name or null")
+    if isinstance(metrics["config"], dict) and not metrics["config"]:
+        problems.append("config is empty")
+    for section in ("costs", "rank", "best", "final"):
+        if isinstance(metrics[section], dict):
+            read = RANK_NUMBERS if section == "rank" else metrics[section]
+            problems += [f"{section}.{k} is {metrics[section][k]!r}, not a number" for k in read
+                         if metrics[section].get(k) is not None and not _is_number(metrics[section][k])]
+    if isinstance(metrics.get("by_rank"), dict):
+        problems += [f"by_rank key {k!r} is not a rank" for k in metrics["by_rank"] if not str(k).isdigit()]
     if problems or metrics["status"] != "completed":
         return problems
     for which in ("best", "final"):
         value = metrics[which].get(metrics["primary_metric"])
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not _is_number(value) or not math.isfinite(value):
             problems.append(f"{which}.{metrics['primary_metric']} is {value!r}, not a finite number")
     return problems
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def validate_run_folder(folder: Path) -> list[str]:

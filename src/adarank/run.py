@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import torch
@@ -37,6 +38,10 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
     done = results.find_complete(folder)
     if done is not None and not cfg.force:
         return _skip(cfg, done)
+    # what the run asks of this machine and of the model, before any data is read
+    checks.check_results_root(cfg.results.root)
+    checks.check_device(cfg.train.device)
+    checks.check_model(cfg)
     # locked while this process trains; force=true trains in a sibling that replaces the folder
     # only once complete (run_folder.py)
     with run_folder.claim(folder, bool(cfg.force)) as work:
@@ -68,11 +73,15 @@ def _run_claimed(cfg, threshold, folder, wall_start) -> dict:
     schedule = _resolve_schedule(cfg, total_steps, task_data.info["full_train_size"])
     checks.check_schedule(cfg, threshold, total_steps, len(task_data.train_dataset))
 
-    # an interrupted run of this config left a checkpoint: continue it (force=true starts afresh)
+    # an interrupted run of this config left a checkpoint: continue it (force=true starts afresh),
+    # unless it was written for other data or under another config hash
+    identity = {"config_hash": run_folder.config_id(folder), "data_fingerprint": task_data.info["fingerprint"]}
     resume = None if cfg.force else checkpoint.read(folder)
-    if resume is None:
+    if resume is not None:
+        _check_resume(folder, resume, identity, cfg.data.dir)
+    else:
         results.prepare_folder(folder)
-    checkpointer = checkpoint.Checkpointer(folder, cfg.train.checkpoint_interval, resume)
+    checkpointer = checkpoint.Checkpointer(folder, cfg.train.checkpoint_interval, resume, identity)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     # one GPU per job on a multi-GPU box, held until the run ends (see gpu_slots.py)
     with claim_gpu(cfg.train.device) as device_name:
@@ -101,6 +110,31 @@ def _run_claimed(cfg, threshold, folder, wall_start) -> dict:
                  folder, primary, metrics["best"][primary], metrics["final"][primary], metrics["costs"]["wall_seconds"],
                  metrics["rank"].get("total_rank", "-"), metrics["costs"]["trainable_params_end"])
     return metrics
+
+
+def _check_resume(folder, resume: dict, identity: dict, data_dir: str | None) -> None:
+    """Refuse to continue a checkpoint written for other data or under another config hash: the
+    steps before it would have trained on something else than the steps after it."""
+    where = f"{folder} holds a checkpoint (step {resume['loop']['step']} of {resume['total_steps']})"
+    choices = "restore {what} to resume it, or rerun with force=true to start over"
+    recorded_hash = resume.get("config_hash")
+    if recorded_hash is not None and recorded_hash != identity["config_hash"]:
+        raise checks.ConfigError(
+            f"{where} written under config hash {recorded_hash}, but this config hashes to "
+            f"{identity['config_hash']}; " + choices.format(what="the config it was written under")
+        )
+    recorded = resume.get("data_fingerprint")
+    if recorded is None:
+        log.warning("%s: the checkpoint predates data fingerprints; its data cannot be compared", folder)
+        return
+    changed = fingerprint.differences(recorded, identity["data_fingerprint"])
+    if changed and data_dir and identity["data_fingerprint"].get("source") == "local":
+        changed = [os.path.join(data_dir, name) for name in changed]
+    if changed:
+        raise checks.ConfigError(
+            f"{where} trained on other data: {', '.join(changed)} changed since; "
+            + choices.format(what="the data it was trained on")
+        )
 
 
 def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, device, checkpointer) -> dict:

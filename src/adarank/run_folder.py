@@ -16,12 +16,18 @@ exists, so a forced rerun that fails or is killed leaves the previous result unt
 rerun trains in the run folder itself (where an interrupted run's checkpoint is found).
 
 A run that fails with an exception writes ``failure.json`` (status ``failed``, the error's type
-and message) into its run folder when the folder exists; a later success removes it.
+and message) into its run folder when the folder exists; a later success removes it. A full disk
+(ENOSPC, EDQUOT) becomes :class:`DiskFull`: one line naming the folder and its free space, and
+``"error": "disk full"`` in failure.json. A run stopped on purpose is not a failure: Ctrl-C and a
+SLURM requeue (timeout or preemption, after a checkpoint) append a line to ``interruptions.jsonl``
+(``event`` interrupted | requeued, ``step``, ``time``, ``slurm_job_id``) and leave no failure.json.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import logging
 import os
 import shutil
@@ -31,15 +37,51 @@ from typing import Iterator
 
 from adarank import results
 from adarank.gpu_slots import try_lock
+from adarank.training.checkpoint import Requeued
 
 log = logging.getLogger("adarank")
 
 FAILURE_FILE = "failure.json"
+INTERRUPTIONS_FILE = "interruptions.jsonl"
 STAGING_PREFIX = ".staging-"
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class RunBusy(RuntimeError):
     """Another process is training this config."""
+
+
+class DiskFull(OSError):
+    """No space left where the run writes (its last checkpoint and any finished result stay)."""
+
+    def __init__(self, folder: Path, err: OSError):
+        free = _free_bytes(folder)
+        shown = "unknown" if free is None else f"{free / 2**20:.1f} MB" if free >= 2**20 else f"{free // 1024} KB"
+        writing = f" while writing {Path(err.filename).name}" if err.filename else ""
+        super().__init__(
+            f"no space left for {folder} ({shown} free on its filesystem){writing}; free some space or set "
+            "results.root elsewhere, then rerun the same command (it resumes from the last checkpoint)"
+        )
+        self.errno = err.errno
+
+
+def _disk_full_error(err: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT error behind ``err``, if any: libraries may wrap it (torch.save's zip
+    writer raises a RuntimeError when its write failed for lack of space)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _free_bytes(folder: Path) -> int | None:
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return shutil.disk_usage(path).free
+    return None
 
 
 class Skipped(dict):
@@ -84,8 +126,16 @@ def claim(folder: Path, force: bool) -> Iterator[Path]:
         except BaseException as err:
             if work != folder:
                 shutil.rmtree(work.parent, ignore_errors=True)  # the old result stays as it was
+            full = _disk_full_error(err)
+            disk_full = full is not None and not isinstance(err, DiskFull)
+            stop = DiskFull(folder, full) if disk_full else err
             if folder.is_dir():
-                write_failure(folder, err)
+                if isinstance(stop, (KeyboardInterrupt, Requeued)):
+                    record_interruption(folder, stop)
+                else:
+                    write_failure(folder, stop)
+            if disk_full:
+                raise stop from None
             raise
         if work != folder and results.is_complete(work):
             _replace(folder, work)
@@ -95,12 +145,30 @@ def claim(folder: Path, force: bool) -> Iterator[Path]:
 def write_failure(folder: Path, err: BaseException) -> None:
     record = {
         "status": "failed",
-        "error": type(err).__name__,
+        "error": "disk full" if isinstance(err, DiskFull) else type(err).__name__,
         "message": str(err),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "note": "metrics.json beside this file is an earlier, untouched result" if results.is_complete(folder) else None,
     }
-    results.write_json_atomic(folder / FAILURE_FILE, record)
+    try:
+        results.write_json_atomic(folder / FAILURE_FILE, record)
+    except OSError as write_error:  # e.g. the disk is still full: the error itself is reported anyway
+        log.warning("could not write %s: %s", folder / FAILURE_FILE, write_error)
+
+
+def record_interruption(folder: Path, stop: BaseException) -> None:
+    """Append a Ctrl-C or a SLURM requeue to interruptions.jsonl (not a failure: the run resumes)."""
+    record = {
+        "event": "requeued" if isinstance(stop, Requeued) else "interrupted",
+        "step": getattr(stop, "step", None),  # None: stopped before a checkpoint of the current step
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+    try:
+        with open(folder / INTERRUPTIONS_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError as write_error:
+        log.warning("could not write %s: %s", folder / INTERRUPTIONS_FILE, write_error)
 
 
 def _replace(folder: Path, staged: Path) -> None:

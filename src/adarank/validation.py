@@ -2,12 +2,15 @@
 ``checks.check_static``).
 
 * values: counts are integers (never booleans) >= 1, rates positive numbers, the seed a
-  non-negative integer, the device one that exists;
-* keys: every key under the top level, ``train``, ``data``, ``results`` and ``method`` must be
-  one the config files define (conf/config.yaml; conf/method/<method>.yaml), so that a typo added
-  with ``+`` (``+train.max_step=10``, the fix Hydra itself suggests for a misspelt key) is refused
-  instead of silently ignored. The allowed keys are read from the yaml files, so a key added
-  there is accepted without touching this module.
+  non-negative integer, the device a name torch knows (whether it exists on this machine is
+  ``checks.check_device``), the checkpoint interval ``auto`` or an integer >= 0, the sizes of a
+  random model positive integers;
+* keys: every key under the top level, ``train``, ``data``, ``results`` and each config group
+  (``task``, ``method``, ``threshold``, ``model``, ``logger``, nested sections included) must be one
+  the config files define (conf/config.yaml; conf/<group>/<choice>.yaml, found by its ``name``), so
+  that a typo added with ``+`` (``+train.max_step=10``, ``+task.init_warmpu=5``: the fix Hydra
+  itself suggests for a misspelt key) is refused instead of silently ignored. The allowed keys are
+  read from the yaml files, so a key added there is accepted without touching this module.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from omegaconf import OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 CHECKED_SECTIONS = ("train", "data", "results")
+#: config groups whose keys are compared with the chosen option's file conf/<group>/<choice>.yaml
+CHECKED_GROUPS = ("task", "method", "threshold", "model", "logger")
 DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 # key -> minimum (an integer count); None values are allowed only where listed in NULLABLE
@@ -33,6 +38,8 @@ COUNTS = {
 }
 POSITIVE = ("task.lr", "method.lr")  # numbers > 0 (method.lr: only full fine-tuning has one)
 NON_NEGATIVE = ("task.weight_decay", "train.max_grad_norm")
+#: the sizes of a model built from a config (model.source=random), when present
+MODEL_SIZES = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size", "max_position_embeddings")
 
 
 class ValueProblem(ValueError):
@@ -62,6 +69,15 @@ def check_values(cfg) -> None:
     device = str(OmegaConf.select(cfg, "train.device"))
     if not DEVICE.match(device):
         raise ValueProblem(f"unknown train.device {device!r}; choose auto, cpu, cuda or cuda:N")
+    interval = OmegaConf.select(cfg, "train.checkpoint_interval")
+    if interval != "auto" and (not _is_int(interval) or interval < 0):
+        raise ValueProblem(
+            f"train.checkpoint_interval must be auto or an integer >= 0 (0 = never), got {interval!r}"
+        )
+    for key in MODEL_SIZES:
+        value = OmegaConf.select(cfg, f"model.{key}")
+        if value is not None and (not _is_int(value) or value < 1):
+            raise ValueProblem(f"model.{key} must be an integer >= 1, got {value!r}")
 
 
 def check_known_keys(cfg) -> None:
@@ -76,9 +92,19 @@ def check_known_keys(cfg) -> None:
     for section in CHECKED_SECTIONS:
         if section in cfg and isinstance(base.get(section), dict):
             _compare(f"{section}.", set(cfg[section].keys()), set(base[section]))
-    method_keys = _method_keys(str(cfg.method.name))
-    if method_keys is not None:
-        _compare("method.", set(cfg.method.keys()), method_keys)
+    for group in CHECKED_GROUPS:
+        node = cfg.get(group)
+        known = _group_file(group, str(node.get("name"))) if node is not None else None
+        if known is not None:
+            _compare_nested(f"{group}.", OmegaConf.to_container(node, resolve=False), known)
+
+
+def _compare_nested(prefix: str, present: dict, known: dict) -> None:
+    """Compare keys level by level: a section the file defines (``task.adalora``) is checked too."""
+    _compare(prefix, set(present), set(known))
+    for key, value in present.items():
+        if isinstance(value, dict) and isinstance(known.get(key), dict):
+            _compare_nested(f"{prefix}{key}.", value, known[key])
 
 
 def _compare(prefix: str, present: set, known: set) -> None:
@@ -93,12 +119,13 @@ def _compare(prefix: str, present: set, known: set) -> None:
     )
 
 
-def _method_keys(name: str) -> set | None:
-    """The keys of the method config whose ``name`` is ``name`` (None if no file defines it)."""
-    for path in sorted((CONF_DIR / "method").glob("*.yaml")):
+def _group_file(group: str, name: str) -> dict | None:
+    """The content of the ``group`` option whose ``name`` is ``name`` (None if no file defines
+    it: the name check reports that)."""
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
         content = _yaml(path)
         if content is not None and content.get("name") == name:
-            return set(content) - {"defaults"}
+            return {k: v for k, v in content.items() if k != "defaults"}
     return None
 
 

@@ -18,6 +18,7 @@ from adarank.analysis import costs as cost_table
 from adarank.analysis import curves, dylora_ranks, figures, tables
 from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.runs import load_runs
+from adarank.results import writes_folder_whole
 
 TABLES = ("table1", "table2", "table3", "table4")
 LEFT_OUT_COLUMNS = ["table", "task", "arm", "seed", "setup", "reason", "run_dir"]
@@ -90,6 +91,7 @@ def build_report(results: str | Path, conf_dir: str | Path | None = None, setup:
                   left_out=pd.concat(left, ignore_index=True) if left else pd.DataFrame(columns=LEFT_OUT_COLUMNS))
 
 
+@writes_folder_whole(marker="runs.csv")  # into a temporary folder, swapped in once complete
 def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | None = None,
                  setup: str | None = None) -> Report:
     out = Path(out)

@@ -21,7 +21,8 @@ Folders without a metrics.json (interrupted runs) are ignored; ``load_runs(..., 
 collects the finished runs it left out (older duplicates) with the reason. Runs with ``status:
 diverged`` are rows without a score (the tables print "diverged"). A metrics.json that cannot be
 read as a run (not UTF-8, not JSON, not an object, a foreign schema, a wrong-typed field, a NaN
-score: ``results.metrics_problems``) is skipped with a warning and goes to ``dropped`` too.
+score, a negative seed, an empty config: ``results.metrics_problems``; a method or threshold that
+conf/ does not define: ``run_problems``) is skipped with a warning and goes to ``dropped`` too.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def load_runs(root: str | Path, defaults: DefaultConfigs | None = None, dropped:
     for path in paths:
         try:
             metrics = json.loads(path.read_bytes().decode("utf-8"))
-            problems = metrics_problems(metrics)
+            problems = run_problems(metrics, defaults.conf_dir)
         except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             problems = [f"unreadable ({type(err).__name__}: {err})"]
         if problems:
@@ -111,6 +112,18 @@ def load_runs(root: str | Path, defaults: DefaultConfigs | None = None, dropped:
         raise NoResultsError(f"no readable run under {root} (every {METRICS_FILE} was skipped, see the warnings)")
     frame = settle_axes(settle_method_settings(settle_run_length(pd.DataFrame(rows))))
     return deduplicate(frame, dropped)
+
+
+def run_problems(metrics, conf_dir: Path) -> list[str]:
+    """``results.metrics_problems``, and a method or threshold conf/ has no file for."""
+    problems = metrics_problems(metrics)
+    if problems:
+        return problems
+    for group, name in (("method", metrics["method"]), ("threshold", metrics["threshold"])):
+        known = {path.stem for path in (Path(conf_dir) / group).glob("*.yaml")}
+        if name is not None and known and name not in known:
+            problems.append(f"{group} {name!r} is none of {', '.join(sorted(known))}")
+    return problems
 
 
 def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[str, Any]:

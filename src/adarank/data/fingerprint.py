@@ -4,6 +4,9 @@
 * the hub: per split, the ``datasets`` fingerprint of the loaded split (the loaders put it in
   ``TaskData.info["hub_fingerprint"]``).
 
+A checkpoint records the fingerprint too; :func:`differences` compares it with the data of a run
+about to resume from it (run.py refuses to mix data within one run).
+
 Before a finished run is skipped, :func:`changed_files` compares its recorded local fingerprint
 with the files now under ``data.dir``; ``run()`` refuses to skip a run whose data changed (the
 message names the files) so that an old result is never silently kept for new data. Hub data is
@@ -66,3 +69,15 @@ def changed_files(recorded: dict | None, task_cfg, data_dir: str | None) -> list
         if old is None or old.get("size") != os.path.getsize(path) or old != file_record(path):
             changed.append(path)
     return changed
+
+
+def differences(recorded: dict, current: dict) -> list[str]:
+    """What differs between two fingerprints: the local files (relative names) or hub splits
+    whose record changed, appeared or disappeared, or the data source itself."""
+    if recorded.get("source") != current.get("source"):
+        return [f"the data source ({recorded.get('source')} -> {current.get('source')})"]
+    key = "files" if current.get("source") == "local" else "splits"
+    before, now = recorded.get(key) or {}, current.get(key) or {}
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return [] if before == now else [f"the {key}"]
+    return [name for name in sorted(set(before) | set(now)) if before.get(name) != now.get(name)]

@@ -74,6 +74,15 @@ class Method:
         """
 
     @classmethod
+    def check_model(cls, method_cfg, model_cfg, skeleton: nn.Module) -> None:
+        """Raise ValueError when the model leaves this method nothing to adapt (``skeleton``: the
+        model's modules without weights, ``models.model_skeleton``). Default: ``model.target_regex``
+        must match an nn.Linear, as every LoRA-family method adapts those."""
+        from adarank.models import adapted_module_names
+
+        adapted_module_names(skeleton, model_cfg.target_regex)
+
+    @classmethod
     def check_data(cls, method_cfg, task_cfg, total_steps: int, num_examples: int) -> None:
         """Like :meth:`check_config`, for checks that need the number of training examples
         (ALoRA: its held-out batch and its epoch-based round schedule)."""

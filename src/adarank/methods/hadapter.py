@@ -68,6 +68,19 @@ def houlsby_param_count(hidden: int, num_layers: int, bottleneck: int, train_lay
     return adapters + norms
 
 
+def sublayer_outputs(model: nn.Module, module_regex: str) -> list[tuple[str, nn.Module]]:
+    """The sub-layer output modules (dense -> dropout -> LayerNorm) ``module_regex`` matches."""
+    pattern = re.compile(module_regex)
+    sublayers = [
+        (name, module)
+        for name, module in model.named_modules()
+        if pattern.fullmatch(name) and all(hasattr(module, a) for a in ("dense", "dropout", "LayerNorm"))
+    ]
+    if not sublayers:
+        raise ValueError(f"module_regex {module_regex!r} matches no sub-layer output")
+    return sublayers
+
+
 class HAdapter(Method):
     name = "hadapter"
 
@@ -89,17 +102,13 @@ class HAdapter(Method):
         super().__init__(cfg, task_cfg, threshold_cfg, model_cfg)
         self.adapted: list[str] = []
 
+    @classmethod
+    def check_model(cls, method_cfg, model_cfg, skeleton: nn.Module) -> None:
+        sublayer_outputs(skeleton, method_cfg.module_regex)
+
     def prepare(self, model: nn.Module) -> nn.Module:
         freeze_all_but_heads(model, self.model_cfg.head_modules)
-        pattern = re.compile(self.cfg.module_regex)
-        sublayers = [
-            (name, module)
-            for name, module in model.named_modules()
-            if pattern.fullmatch(name) and all(hasattr(module, a) for a in ("dense", "dropout", "LayerNorm"))
-        ]
-        if not sublayers:
-            raise ValueError(f"module_regex {self.cfg.module_regex!r} matches no sub-layer output")
-        for name, module in sublayers:
+        for name, module in sublayer_outputs(model, self.cfg.module_regex):
             adapter = HoulsbyAdapter(
                 module.dense.out_features,
                 int(self.cfg.bottleneck),

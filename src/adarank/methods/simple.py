@@ -13,6 +13,10 @@ class FullFineTuning(Method):
 
     name = "full"
 
+    @classmethod
+    def check_model(cls, method_cfg, model_cfg, skeleton: nn.Module) -> None:
+        """Trains the backbone's own parameters: any model will do."""
+
     def prepare(self, model: nn.Module) -> nn.Module:
         for param in model.parameters():
             param.requires_grad = True
@@ -24,6 +28,10 @@ class BitFit(Method):
     (classifier and pooler, as every method here trains them)."""
 
     name = "bitfit"
+
+    @classmethod
+    def check_model(cls, method_cfg, model_cfg, skeleton: nn.Module) -> None:
+        """Trains the backbone's own biases: any model will do."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
         freeze_all_but_heads(model, self.model_cfg.head_modules)

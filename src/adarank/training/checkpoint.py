@@ -16,7 +16,9 @@ continue the same computation:
   checkpoint (restored onto the current device, whatever its index and however many are visible);
 * ``loop``: the step, the data loader generator's state at the start of the current epoch and the
   number of batches already drawn in it, best evaluation, evaluation count, the train-log offset
-  (the log is truncated to it on resume), step timings and train seconds so far.
+  (the log is truncated to it on resume), step timings and train seconds so far;
+* ``config_hash`` and ``data_fingerprint``: what the run is (run.py refuses to resume a checkpoint
+  whose data or config differ from the rerun's).
 
 Resumption replays in the same order as the uninterrupted run: model built and seeded, method
 prepared, optimizer and scheduler built, structures regrown, state loaded, RNG restored last
@@ -45,6 +47,9 @@ FORMAT_VERSION = 1
 #: ...) at the end of optimizer step STEP (after its logging and evaluation, before the loop
 #: decides whether to write a checkpoint of it) (tests/test_checkpoint.py)
 TEST_SIGNAL_ENV = "ADARANK_TEST_SIGNAL_AFTER_CHECKPOINT"
+#: test-only: seconds to sleep at the end of every optimizer step, so that a tiny run lasts long
+#: enough for a real scheduler's signal to reach it mid-training (tests/cluster/)
+TEST_STEP_SECONDS_ENV = "ADARANK_TEST_STEP_SECONDS"
 #: submitit's variable naming its timeout/preemption signal (USR2 when unset)
 PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"
 
@@ -54,6 +59,15 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, step: int):
         super().__init__(f"interrupted at step {step}; rerun the same command to resume")
+        self.step = step
+
+
+class Requeued(SystemExit):
+    """SLURM's timeout/preemption signal stopped training after a checkpoint of ``step``, and
+    submitit requeued the job (which resumes from it); exits with submitit's code."""
+
+    def __init__(self, step: int, code):
+        super().__init__(code)
         self.step = step
 
 
@@ -153,6 +167,15 @@ def remove_partial(folder: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def sleep_for_tests() -> None:
+    """The test hook of :data:`TEST_STEP_SECONDS_ENV` (a no-op unless the variable is set)."""
+    seconds = os.environ.get(TEST_STEP_SECONDS_ENV)
+    if seconds:
+        import time
+
+        time.sleep(float(seconds))
+
+
 def send_test_signal(step: int) -> None:
     """The test hook of :data:`TEST_SIGNAL_ENV` (a no-op unless the variable is set)."""
     spec = os.environ.get(TEST_SIGNAL_ENV)
@@ -203,13 +226,15 @@ class Checkpointer:
 
     ``interval``: optimizer steps between checkpoints, 0 = never, "auto" = :func:`auto_interval`
     after a first checkpoint at step AUTO_FIRST; ``resume``: the checkpoint read from the folder,
-    or None for a fresh start. Also turns the first SIGINT into a clean stop at the end of the
+    or None for a fresh start; ``identity``: saved into every checkpoint (config hash, data
+    fingerprint). Also turns the first SIGINT into a clean stop at the end of the
     current optimizer step (a second one interrupts at once), and defers submitit's
     timeout/preemption handler (requeue and exit) to the end of the step, after a checkpoint.
     """
 
-    def __init__(self, folder: Path, interval: int, resume: dict | None = None):
+    def __init__(self, folder: Path, interval: int, resume: dict | None = None, identity: dict | None = None):
         self.folder = Path(folder)
+        self.identity = dict(identity or {})
         self.auto = str(interval).lower() == "auto"
         self.interval = AUTO_FIRST if self.auto else int(interval or 0)
         if self.interval < 0:
@@ -226,6 +251,7 @@ class Checkpointer:
 
     # -- what the loop calls -----------------------------------------------------------------
     def end_of_step(self, step: int) -> None:
+        sleep_for_tests()
         send_test_signal(step)
 
     def due(self, step: int, total_steps: int) -> bool:
@@ -245,6 +271,7 @@ class Checkpointer:
             "method": method.state_dict(),
             "rng": capture_rng(),
             "loop": loop.to_dict(),
+            **self.identity,
         }
         write_atomic(path_in(self.folder), payload)
         self.save_seconds.append(time.perf_counter() - start)
@@ -283,7 +310,10 @@ class Checkpointer:
             signum, handler = self._preempted
             self._preempted = None
             log.info("preempted at step %d: checkpoint written, requeueing", step)
-            handler(signum, None)
+            try:
+                handler(signum, None)
+            except SystemExit as exit_:  # submitit requeued the job and exits: not a failure
+                raise Requeued(step, exit_.code) from None
         raise Interrupted(step)
 
     def __enter__(self) -> Checkpointer:
