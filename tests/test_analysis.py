@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +171,11 @@ def test_other_setups_are_reported_apart(tmp_path):
     assert cell(t1, "lora", "rte", setup=other)["mean"] == 60.0
     text = to_markdown(t1, "table1")
     assert text.index("Paper setup") < text.index("not comparable")
+    other_part = text[text.index("not comparable"):]
+    assert "### Paper" not in other_part and "### Δ" not in other_part  # the paper's numbers: paper setup only
+    assert "### Paper" in text[:text.index("not comparable")]
+    tex = to_latex(t1, "table1")
+    assert tex.count("(ours $-$ paper)") == 1 and "$-$20" not in tex  # no Δ for the MiniLM run (60 - 82.07)
     assert cell(build_report(root, setup=other).tables["table1"], "lora", "rte", setup=other)["mean"] == 60.0
     with pytest.raises(ValueError, match="the setups are"):
         build_report(root, setup="model=nothing")
@@ -226,6 +233,25 @@ def test_scaled_schedule_runs_compare_on_paper_values(tmp_path):
     runs = load_runs(root)
     assert runs["setup"].iloc[0] == "model=minilm, train.schedule=scaled"
     assert not runs["init_warmup_changed"].iloc[0] and runs["init_warmup"].iloc[0] == 100
+
+
+def test_scaled_alora_run_stays_in_the_setup_of_its_sweep(tmp_path):
+    """train.schedule=scaled derives ALoRA's method.k1_steps / k2_steps (null by default: K1, K2
+    from the epochs); those derived values do not split ALoRA from the other arms of the command."""
+    import json
+
+    root = tmp_path / "raw"
+    scaled = {"train.schedule": "scaled"}
+    fake_run(root, "rte", "lora", 0, 70.0, model="minilm", overrides=scaled)
+    folder = fake_run(root, "rte", "alora", 0, 71.0, model="minilm",
+                      overrides={**scaled, "method.k1_steps": 3, "method.k2_steps": 2})
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["schedule"] = {"mode": "scaled", "values": {"method.k1_steps": {"paper": 78, "scaled": 3},
+                                                        "method.k2_steps": {"paper": 156, "scaled": 2}}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    report = build_report(root)
+    assert report.all_setups == ["model=minilm, train.schedule=scaled"]
+    assert cell(report.tables["table1"], "alora", "rte", setup=report.setups[0])["mean"] == 71.0
 
 
 def test_scaled_runs_of_different_length_per_task_form_one_setup(tmp_path):
@@ -395,6 +421,21 @@ def test_cli_writes_tables(known_tree, tmp_path):
     assert "82.00 ± 2.00" in (tmp_path / "tables" / "table1.md").read_text()
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_tables_writes_to_out_without_setup(known_tree, tmp_path):
+    """`make tables OUT=... PY=...` writes where it is told and needs no `make setup` when the
+    given interpreter already imports adarank (no .venv is created)."""
+    out = tmp_path / "tables"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(["make", "-C", str(REPO), "tables", f"PY={sys.executable}", f"RESULTS={known_tree}",
+                             f"OUT={out}", "PAPER=column", "VENV=" + str(tmp_path / "no-venv")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "table1.tex").is_file() and "make setup" not in result.stdout
+    assert not (tmp_path / "no-venv").exists()
+    assert "& Ours & Paper" in (out / "table1.tex").read_text()  # PAPER=column reached the LaTeX
+
+
 # --- rank patterns (Figure 2) --------------------------------------------------------------------
 
 
@@ -488,6 +529,16 @@ def test_dylora_per_rank_table_is_mean_and_std_over_seeds(tmp_path):
     assert table["std"].tolist() == pytest.approx([2 ** 0.5, 8 ** 0.5])
     text = (tmp_path / "out" / "dylora_ranks.md").read_text()
     assert "61.00 ± 1.41 (n=2)" in text and "72.00 ± 2.83 (n=2)" in text
+    tex = (tmp_path / "out" / "dylora_ranks.tex").read_text()
+    assert r"61.00$\pm$1.4" in tex and r"\toprule" in tex
+    # DyLoRA runs of a setup not shown: said so, not silently skipped
+    folder = fake_run(tmp_path / "raw", "rte", "dylora", 0, 50.0, model="minilm")
+    metrics = _json.loads((folder / "metrics.json").read_text())
+    metrics["by_rank"] = {"1": {"accuracy": 40.0}}
+    (folder / "metrics.json").write_text(_json.dumps(metrics))
+    report = build_report(tmp_path / "raw")
+    assert any(note.startswith("DyLoRA per-rank table: runs in setup 'model=minilm'") for note in report.notes)
+    assert "DyLoRA per-rank table" in report.summary()
 
 
 def test_full_fine_tunings_own_lr_does_not_split_it_from_the_other_arms():
