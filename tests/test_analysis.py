@@ -359,16 +359,22 @@ def test_figures_show_one_setup_each(tmp_path, monkeypatch):
                 fake_run(root, "rte", method, seed, score + seed, threshold, model=model, overrides=extra,
                          total_rank=12 if method == "triadapt" else None,
                          rank_pattern=pattern if method == "triadapt" else None)
-    overlaps = []
+    overlaps, outside = [], []
+    save = figures.save
 
     def checked_save(fig, path):  # the legend's box and the axes' box must not intersect
         fig.canvas.draw()
         for legend in fig.legends:
             box = legend.get_window_extent()
             overlaps.extend(ax.get_window_extent().overlaps(box) for ax in fig.axes)
-        return figures.save(fig, path)
+        drawn = fig.get_tightbbox()  # everything drawn (inches), titles included: nothing cut off
+        width, height = fig.get_size_inches()
+        if drawn.x0 < -0.01 or drawn.y0 < -0.01 or drawn.x1 > width + 0.01 or drawn.y1 > height + 0.01:
+            outside.append((path.name, drawn.bounds))
+        return save(fig, path)
 
     monkeypatch.setattr(curves, "save", checked_save)
+    monkeypatch.setattr(figures, "save", checked_save)
     report = write_report(root, tmp_path / "tables", setup="all")
     setups = dict(zip(report.runs["run_dir"], report.runs["setup"]))
     assert len(set(setups.values())) == 2
@@ -380,7 +386,7 @@ def test_figures_show_one_setup_each(tmp_path, monkeypatch):
     names = {d.path.name for d in report.drawn}
     assert {"learning_curve_rte_paper.png", f"learning_curve_rte_{tables.setup_id('model=minilm, train.max_steps=300')}.png",
             "rank_over_time_rte_paper.png", "fig2_rank_pattern_rte_paper.png"} <= names
-    assert overlaps and not any(overlaps)
+    assert overlaps and not any(overlaps) and outside == []
 
 
 def test_heatmap_cells_are_vector(tmp_path):

@@ -73,15 +73,15 @@ def learning_curves(runs: pd.DataFrame, out_dir: Path) -> list[Drawn]:
             if series:
                 curves[arm] = pd.concat(series.values(), axis=1)  # steps x seeds (NaN where a seed lacks a step)
                 drawn += list(series)
-        if not curves:
-            continue
+        if not curves or max(len(frame) for frame in curves.values()) < 2:
+            continue  # one evaluation per run (train.eval_interval = the run's length): no curve to draw
         metric = picked.loc[picked["task"] == task, "primary_metric"].iloc[0]
         path = out_dir / file_name(f"learning_curve_{task}", setup)
         with plt.rc_context(STYLE):
             fig, ax = line_figure(len(curves))
             for arm, frame in curves.items():
                 steps = frame.index.to_numpy(dtype=float)
-                line = ax.plot(steps, frame.mean(axis=1), label=label(arm))[0]
+                line = ax.plot(steps, frame.mean(axis=1), label=label(arm), marker="o" if len(steps) <= 12 else None)[0]
                 if frame.shape[1] > 1:
                     ax.fill_between(steps, frame.min(axis=1), frame.max(axis=1), color=line.get_color(), alpha=0.2)
             ax.set_xlabel("optimizer step")

@@ -85,8 +85,9 @@ def file_name(stem: str, setup: str) -> str:
 
 
 def title_tag(setup: str) -> str:
-    """What a figure title says about a setup other than the paper's: its short id."""
-    return "" if setup == PAPER_SETUP else f" [{setup_id(setup)}]"
+    """What a figure title says about a setup other than the paper's: its short id, on a line of
+    its own (a one-column title has room for about 45 characters)."""
+    return "" if setup == PAPER_SETUP else f"\nsetup {setup_id(setup)}"
 
 
 def setup_sentence(setup: str) -> str:

@@ -136,7 +136,8 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
         "Figure 2": figures.figure2_note(report.runs, report.setups),
         "Figures 3-5": "Figures 3-5: no growing arm has runs at two or more values of init_warmup, "
                        "incre_interval or reference_rank in the shown setup (conf/sweep/fig3-5.yaml)",
-        "learning curves": "learning curves: no evaluation line in the train_log.jsonl of the shown runs",
+        "learning curves": "learning curves: no run of the shown setup has two or more evaluations in its "
+                           "train_log.jsonl (train.eval_interval)",
         "rank over time": "rank over time: no growth_log.jsonl event in the shown growing/masking runs",
     }
     for kind, drawn in kinds.items():

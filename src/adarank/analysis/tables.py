@@ -412,6 +412,9 @@ def to_markdown(tidy: pd.DataFrame, table: str, left: pd.DataFrame | None = None
     else:
         for setup in setups:
             parts += [f"## {setup_heading(setup)}", ""]
+            if not _has_runs(tidy, setup):
+                parts += ["No run of this setup for this table.", ""]
+                continue
             for name, (texts, bold) in blocks(tidy, table, setup).items():
                 shown = texts.where(~bold, "**" + texts + "**")
                 parts += [f"### {name}", "", shown.rename_axis("Method").reset_index().to_markdown(index=False), ""]
@@ -443,11 +446,17 @@ def to_latex(tidy: pd.DataFrame, table: str, paper: str = "delta") -> str:
     if paper not in PAPER_LAYOUTS:
         raise ValueError(f"paper={paper!r}: choose one of {', '.join(PAPER_LAYOUTS)}")
     out = [f"% {title(table, tidy['model'] if 'model' in tidy else ())}", "% needs \\usepackage{booktabs}"]
-    if tidy.empty:
+    setups = [s for s in dict.fromkeys(tidy["setup"]) if _has_runs(tidy, s)] if not tidy.empty else []
+    if not setups:
         return "\n".join(out + ["% No runs for this table."]) + "\n"
-    for number, setup in enumerate(dict.fromkeys(tidy["setup"])):
+    for number, setup in enumerate(setups):
         out.append(latex.render(latex_table(tidy, table, setup, paper, first=number == 0)))
     return "\n".join(out) + "\n"
+
+
+def _has_runs(tidy: pd.DataFrame, setup: str) -> bool:
+    part = tidy[(tidy["setup"] == setup) & (tidy["column"] != AVG)]
+    return bool((part["n"] > 0).any() or (part["diverged"] > 0).any())
 
 
 def latex_table(tidy: pd.DataFrame, table: str, setup: str, paper: str = "delta", first: bool = True) -> latex.Table:
@@ -554,11 +563,3 @@ def _sources(table: str) -> dict[str, list[str]]:
             out.setdefault(row["source"], []).append(row["label"])
     return out
 
-
-def latex_escape(text: str, keep_math: bool = False) -> str:
-    """Plain text -> LaTeX (latex.escape); ``keep_math`` leaves $...$ spans as they are."""
-    text = str(text)
-    if keep_math:
-        pieces = text.split("$")
-        return "$".join(p if i % 2 else latex.escape(p) for i, p in enumerate(pieces))
-    return latex.escape(text)
