@@ -16,7 +16,7 @@ from adarank.analysis import NoResultsError, build_report, load_runs, write_repo
 from adarank.analysis.paper import load_paper
 from adarank.analysis import tables
 from adarank.analysis.rank_pattern import WEIGHT_TYPES, module_position, rank_matrix, rank_value
-from adarank.analysis.synthetic import demo_tree, fake_run, full_tree, layered_pattern
+from adarank.analysis.synthetic import demo_tree, fake_run, layered_pattern
 from adarank.analysis.tables import AVG, to_latex, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]

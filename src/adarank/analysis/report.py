@@ -132,17 +132,17 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
             kinds["Figures 3-5"] += figures.sensitivity_figure(runs, name, figure_dir)
         kinds["learning curves"] += curves.learning_curves(runs, figure_dir)
         kinds["rank over time"] += curves.rank_over_time(runs, figure_dir)
-    missing = {
-        "Figure 2": figures.figure2_note(report.runs, report.setups),
-        "Figures 3-5": "Figures 3-5: no growing arm has runs at two or more values of init_warmup, "
-                       "incre_interval or reference_rank in the shown setup (conf/sweep/fig3-5.yaml)",
-        "learning curves": "learning curves: no run of the shown setup has two or more evaluations in its "
-                           "train_log.jsonl (train.eval_interval)",
-        "rank over time": "rank over time: no growth_log.jsonl event in the shown growing/masking runs",
+    missing = {  # why a kind of figure was not drawn (Figure 2's reason reads every rank pattern: only when needed)
+        "Figure 2": lambda: figures.figure2_note(report.runs, report.setups),
+        "Figures 3-5": lambda: "Figures 3-5: no growing arm has runs at two or more values of init_warmup, "
+                               "incre_interval or reference_rank in the shown setup (conf/sweep/fig3-5.yaml)",
+        "learning curves": lambda: "learning curves: no run of the shown setup has two or more evaluations in "
+                                   "its train_log.jsonl (train.eval_interval)",
+        "rank over time": lambda: "rank over time: no growth_log.jsonl event in the shown growing/masking runs",
     }
     for kind, drawn in kinds.items():
         if not drawn:
-            report.notes.append(missing[kind])
+            report.notes.append(missing[kind]())
         report.drawn += drawn
     report.figures = [d.path for d in report.drawn]
     if report.drawn:

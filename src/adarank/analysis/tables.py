@@ -535,7 +535,7 @@ def _is_best(rec: dict, column_recs: list[dict], key: str) -> bool:
 
 def latex_note(table: str, setup: str, layout: str) -> str:
     reference = load_paper()[table]["rows"].get(REFERENCE_ROW.get(table), {}).get("label", "the reference row")
-    parts = [f"Ours: mean ± std over seeds of the best dev score (std to one decimal, as the paper prints it)"
+    parts = ["Ours: mean ± std over seeds of the best dev score (std to one decimal, as the paper prints it)"
              + ("; below it (ours − paper)" if layout == "delta" else "")
              + ("; Paper: the paper's number" if layout == "column" else "")
              + f"; n=k: k seeds where not {EXPECTED_SEEDS}. Bold: the best of each column.",
