@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 GLUE_DIR ?= ../shared/data/glue
 RESULTS ?= results/raw
+OUT ?= results/tables
+# LaTeX tables: (ours - paper) below each cell (delta), a paper column (column) or ours only (none)
+PAPER ?= delta
 DEMO_STEPS ?= 50
 # one intra-op thread: on our 2-core VMs a MiniLM step is about 5x slower with two
 DEMO_THREADS ?= 1
@@ -43,9 +46,11 @@ mini: setup
 	  hydra/launcher=joblib hydra.launcher.n_jobs=2
 	$(PY) scripts/make_tables.py --results results/mini/raw --out results/mini/tables
 
-# Tables I-IV, Figures 2-5 and the cost table from a results tree
-tables: setup
-	$(PY) scripts/make_tables.py --results $(RESULTS) --out results/tables $(if $(SETUP),--setup "$(SETUP)")
+# Tables I-IV, Figures 2-5 and the cost table from a results tree; `make setup` only when $(PY)
+# cannot import adarank yet (make tables PY=/path/to/python uses that environment as it is)
+tables:
+	@$(PY) -c "import adarank" 2>/dev/null || $(MAKE) setup
+	$(PY) scripts/make_tables.py --results $(RESULTS) --out $(OUT) --paper $(PAPER) $(if $(SETUP),--setup "$(SETUP)")
 
 # side-by-side speed/memory of every method (see docs/performance.md)
 bench: setup

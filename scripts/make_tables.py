@@ -11,6 +11,7 @@ import sys
 
 from adarank.analysis import NoResultsError, write_report
 from adarank.analysis.report import UnknownSetupError
+from adarank.analysis.tables import PAPER_LAYOUTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,10 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setup", default=None,
                         help="setup to show (a label from the summary, or 'all'; default: the paper setup, "
                              "else the setup with most runs)")
+    parser.add_argument("--paper", default="delta", choices=PAPER_LAYOUTS,
+                        help="LaTeX tables of the paper setup: (ours - paper) below each cell (delta), a paper "
+                             "column beside each of ours (column), or ours only (none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        report = write_report(args.results, args.out, conf_dir=args.conf, setup=args.setup)
+        report = write_report(args.results, args.out, conf_dir=args.conf, setup=args.setup, paper=args.paper)
     except (NoResultsError, UnknownSetupError, FileExistsError) as err:
         print(f"make tables: {err}", file=sys.stderr)
         return 2

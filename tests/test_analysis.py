@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,8 @@ import pytest
 
 from adarank.analysis import NoResultsError, build_report, load_runs, write_report
 from adarank.analysis.paper import load_paper
-from adarank.analysis.rank_pattern import module_position, rank_matrix, rank_value
+from adarank.analysis import tables
+from adarank.analysis.rank_pattern import WEIGHT_TYPES, module_position, rank_matrix, rank_value
 from adarank.analysis.runs import BAD_FILE
 from adarank.analysis.synthetic import demo_tree, fake_run, layered_pattern
 from adarank.analysis.tables import AVG, to_latex, to_markdown
@@ -169,6 +172,11 @@ def test_other_setups_are_reported_apart(tmp_path):
     assert cell(t1, "lora", "rte", setup=other)["mean"] == 60.0
     text = to_markdown(t1, "table1")
     assert text.index("Paper setup") < text.index("not comparable")
+    other_part = text[text.index("not comparable"):]
+    assert "### Paper" not in other_part and "### Δ" not in other_part  # the paper's numbers: paper setup only
+    assert "### Paper" in text[:text.index("not comparable")]
+    tex = to_latex(t1, "table1")
+    assert tex.count("(ours $-$ paper)") == 1 and "$-$20" not in tex  # no Δ for the MiniLM run (60 - 82.07)
     assert cell(build_report(root, setup=other).tables["table1"], "lora", "rte", setup=other)["mean"] == 60.0
     with pytest.raises(ValueError, match="the setups are"):
         build_report(root, setup="model=nothing")
@@ -228,6 +236,25 @@ def test_scaled_schedule_runs_compare_on_paper_values(tmp_path):
     assert not runs["init_warmup_changed"].iloc[0] and runs["init_warmup"].iloc[0] == 100
 
 
+def test_scaled_alora_run_stays_in_the_setup_of_its_sweep(tmp_path):
+    """train.schedule=scaled derives ALoRA's method.k1_steps / k2_steps (null by default: K1, K2
+    from the epochs); those derived values do not split ALoRA from the other arms of the command."""
+    import json
+
+    root = tmp_path / "raw"
+    scaled = {"train.schedule": "scaled"}
+    fake_run(root, "rte", "lora", 0, 70.0, model="minilm", overrides=scaled)
+    folder = fake_run(root, "rte", "alora", 0, 71.0, model="minilm",
+                      overrides={**scaled, "method.k1_steps": 3, "method.k2_steps": 2})
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["schedule"] = {"mode": "scaled", "values": {"method.k1_steps": {"paper": 78, "scaled": 3},
+                                                        "method.k2_steps": {"paper": 156, "scaled": 2}}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    report = build_report(root)
+    assert report.all_setups == ["model=minilm, train.schedule=scaled"]
+    assert cell(report.tables["table1"], "alora", "rte", setup=report.setups[0])["mean"] == 71.0
+
+
 def test_scaled_runs_of_different_length_per_task_form_one_setup(tmp_path):
     """The mini sweep runs MRPC 96 steps and STS-B 48, both scaled: one setup (one Table I with
     both columns), its label naming each task's length; a task run at two lengths splits."""
@@ -253,24 +280,41 @@ def test_scaled_runs_of_different_length_per_task_form_one_setup(tmp_path):
 def test_latex_is_escaped(known_tree):
     tex = to_latex(build_report(known_tree).tables["table1"], "table1")
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "±" not in tex
+    assert tex.isascii()  # prints under the default OT1 encoding (no "¡" for "<", no stray glyphs)
+    assert r"p $<$ 0.05" in tex and "<" not in tex.replace("$<$", "")
+
+
+def test_latex_escape_is_encoding_safe():
+    from adarank.analysis.latex import escape
+
+    assert escape('a < b > c "quoted" 5% x_1 #2 & {y} ~ ^') == (
+        r"a $<$ b $>$ c ``quoted'' 5\% x\_1 \#2 \& \{y\} \textasciitilde{} \textasciicircum{}")
+    assert escape("±1 † −2 – Δ é ✓") == r"$\pm$1 $\dagger$ $-$2 -- $\Delta$ e ?"
 
 
 def test_best_mean_is_bold_and_significance_is_marked(known_tree):
     """RTE: TriAdaptLoRA's best row (Non-Linear, 86/87/88) against LoRA (80/82/84): Welch's
-    t = 5 / sqrt(4/3 + 1/3) = 3.87 on ~2.9 degrees of freedom, p ~ 0.03 < 0.05."""
+    t = 5 / sqrt(4/3 + 1/3) = 3.87 on ~2.9 degrees of freedom, p ~ 0.03 < 0.05. Linear (85, 85, 85)
+    against the Non-Linear cell the best row took: t = 2 / sqrt(1/3) = 3.464 on 2 degrees of
+    freedom, p = 1 - t / sqrt(2 + t^2) = 1 - 3.464 / sqrt(14) = 0.0742."""
     t1 = build_report(known_tree).tables["table1"]
     assert 0.01 < cell(t1, "lora", "rte")["p_value"] < 0.05
     assert cell(t1, "full", "rte")["p_value"] is None  # one seed: no test
-    assert cell(t1, "triadapt_linear", "rte")["p_value"] is None  # a source of the reference row
+    assert cell(t1, "triadapt_nonlinear", "rte")["p_value"] is None  # the cell the reference row took
+    assert cell(t1, "triadapt_linear", "rte")["p_value"] == pytest.approx(1 - 12 ** 0.5 / 14 ** 0.5, rel=1e-6)
     text = to_markdown(t1, "table1")
     assert "| 82.00 ± 2.00† " in text and "**87.00 ± 1.00 [N]**" in text
     assert "Welch" in text and "### Paper" in text and "### Δ (ours − paper)" in text
     tex = to_latex(t1, "table1")
     assert tex.count(r"\begin{table*}") == 1 and r"\label{tab:table1}" in tex
-    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"\cline" not in tex
-    assert r"\resizebox{\textwidth}" in tex and r"\bfseries 87.00 $\pm$ 1.00 [N]" in tex
+    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 1 and r"\cline" not in tex
+    assert r"\midrule" + "\n" + r"\bottomrule" not in tex  # one rule at the end, not two
+    assert r"\resizebox" not in tex and (r"\footnotesize" in tex or r"\scriptsize" in tex)  # never scaled; 8 or 7 pt
+    # one row per method: ours (bold where best), then (ours - paper) and the cell it took
+    assert r"\textbf{87.00$\pm$1.0} \\ ($-$0.84) \\ {}[N]" in tex
+    assert r"82.00$\pm$2.0$\dagger$ \\ ($-$0.07)" in tex
     caption = next(line for line in tex.splitlines() if line.startswith(r"\caption"))
-    assert "Table I" not in caption  # LaTeX numbers the table itself
+    assert "Table I" not in caption and "DeBERTaV3-base" in caption  # LaTeX numbers the table itself
 
 
 def test_cost_table(known_tree):
@@ -290,15 +334,74 @@ def test_write_report_files_and_figures(tmp_path):
         for ext in ("md", "tex", "csv"):
             assert (tmp_path / "tables" / f"{name}.{ext}").stat().st_size > 0
     names = {p.name for p in report.figures}
-    assert {"fig2_rank_pattern_rte.png", "fig2_rank_pattern_mrpc.png", "fig3_init_warmup_rte.png",
-            "learning_curve_rte.png", "rank_over_time_rte.png"} <= names
+    assert {"fig2_rank_pattern_rte_paper.png", "fig2_rank_pattern_mrpc_paper.png", "fig3_init_warmup_rte_paper.png",
+            "learning_curve_rte_paper.png", "rank_over_time_rte_paper.png"} <= names
+    from PIL import Image
+
     for path in report.figures:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
         assert path.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
-    from PIL import Image
+        with Image.open(path) as image:  # one column (3.5 in) or the page (7 in) at 300 dpi, as printed
+            assert round(image.info["dpi"][0]) == 300 and image.size[0] in (1050, 2100), (path.name, image.size)
+    captions = (tmp_path / "tables" / "figures" / "captions.md").read_text()
+    assert "## learning_curve_rte_paper" in captions and "LoRA 3" in captions  # seeds per line
 
-    with Image.open(tmp_path / "tables" / "figures" / "learning_curve_rte.png") as image:
-        assert round(image.info["dpi"][0]) == 300
+
+def test_figures_show_one_setup_each(tmp_path, monkeypatch):
+    """SETUP=all with two setups: each setup gets its own figures (its id in the file name), and
+    every figure draws runs of its setup only; the legend sits outside the plot."""
+    from adarank.analysis import curves, figures
+
+    root = tmp_path / "raw"
+    pattern = layered_pattern(2, lambda layer, weight: 2 + layer)
+    for seed in range(2):
+        for model, score, extra in (("deberta_v3_base", 80.0, {}), ("minilm", 60.0, {"train.max_steps": 300})):
+            for method, threshold in (("lora", None), ("triadapt", "linear")):
+                fake_run(root, "rte", method, seed, score + seed, threshold, model=model, overrides=extra,
+                         total_rank=12 if method == "triadapt" else None,
+                         rank_pattern=pattern if method == "triadapt" else None)
+    overlaps, outside = [], []
+    save = figures.save
+
+    def checked_save(fig, path):  # the legend's box and the axes' box must not intersect
+        fig.canvas.draw()
+        for legend in fig.legends:
+            box = legend.get_window_extent()
+            overlaps.extend(ax.get_window_extent().overlaps(box) for ax in fig.axes)
+        drawn = fig.get_tightbbox()  # everything drawn (inches), titles included: nothing cut off
+        width, height = fig.get_size_inches()
+        if drawn.x0 < -0.01 or drawn.y0 < -0.01 or drawn.x1 > width + 0.01 or drawn.y1 > height + 0.01:
+            outside.append((path.name, drawn.bounds))
+        return save(fig, path)
+
+    monkeypatch.setattr(curves, "save", checked_save)
+    monkeypatch.setattr(figures, "save", checked_save)
+    report = write_report(root, tmp_path / "tables", setup="all")
+    setups = dict(zip(report.runs["run_dir"], report.runs["setup"]))
+    assert len(set(setups.values())) == 2
+    for drawn in report.drawn:
+        assert {setups[run] for run in drawn.runs} == {drawn.setup}, drawn.path.name
+        assert drawn.path.stem.endswith("_" + (tables.setup_id(drawn.setup)))
+    curves_drawn = [d for d in report.drawn if d.path.name.startswith("learning_curve_rte")]
+    assert len(curves_drawn) == 2 and {len(d.runs) for d in curves_drawn} == {4}  # 2 arms x 2 seeds each
+    names = {d.path.name for d in report.drawn}
+    assert {"learning_curve_rte_paper.png", f"learning_curve_rte_{tables.setup_id('model=minilm, train.max_steps=300')}.png",
+            "rank_over_time_rte_paper.png", "fig2_rank_pattern_rte_paper.png"} <= names
+    assert overlaps and not any(overlaps) and outside == []
+
+
+def test_heatmap_cells_are_vector(tmp_path):
+    pymupdf = pytest.importorskip("pymupdf")
+    root = tmp_path / "raw"
+    fake_run(root, "rte", "triadapt", 0, 80.0, "linear", total_rank=48,
+             rank_pattern=layered_pattern(12, lambda layer, weight: 1 + (layer + WEIGHT_TYPES.index(weight)) % 60))
+    report = write_report(root, tmp_path / "tables")
+    [heatmap] = [p for p in report.figures if p.name.startswith("fig2_")]
+    with pymupdf.open(heatmap.with_suffix(".pdf")) as pdf:
+        page = pdf[0]
+        assert page.get_images() == []  # no bitmap: cells (and the colour bar) are vector paths
+        assert len(page.get_drawings()) >= 72  # at least one path per cell
+        assert round(page.rect.width / 72, 2) == 7.0
 
 
 def test_cli_on_an_empty_tree_fails_clearly(tmp_path):
@@ -323,6 +426,21 @@ def test_cli_writes_tables(known_tree, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "table1:" in out.stdout
     assert "82.00 ± 2.00" in (tmp_path / "tables" / "table1.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_tables_writes_to_out_without_setup(known_tree, tmp_path):
+    """`make tables OUT=... PY=...` writes where it is told and needs no `make setup` when the
+    given interpreter already imports adarank (no .venv is created)."""
+    out = tmp_path / "tables"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(["make", "-C", str(REPO), "tables", f"PY={sys.executable}", f"RESULTS={known_tree}",
+                             f"OUT={out}", "PAPER=column", "VENV=" + str(tmp_path / "no-venv")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "table1.tex").is_file() and "make setup" not in result.stdout
+    assert not (tmp_path / "no-venv").exists()
+    assert "& Ours & Paper" in (out / "table1.tex").read_text()  # PAPER=column reached the LaTeX
 
 
 # --- rank patterns (Figure 2) --------------------------------------------------------------------
@@ -420,6 +538,16 @@ def test_dylora_per_rank_table_is_mean_and_std_over_seeds(tmp_path):
     assert table["std"].tolist() == pytest.approx([2 ** 0.5, 8 ** 0.5])
     text = (tmp_path / "out" / "dylora_ranks.md").read_text()
     assert "61.00 ± 1.41 (n=2)" in text and "72.00 ± 2.83 (n=2)" in text
+    tex = (tmp_path / "out" / "dylora_ranks.tex").read_text()
+    assert r"61.00$\pm$1.4" in tex and r"\toprule" in tex
+    # DyLoRA runs of a setup not shown: said so, not silently skipped
+    folder = fake_run(tmp_path / "raw", "rte", "dylora", 0, 50.0, model="minilm")
+    metrics = _json.loads((folder / "metrics.json").read_text())
+    metrics["by_rank"] = {"1": {"accuracy": 40.0}}
+    (folder / "metrics.json").write_text(_json.dumps(metrics))
+    report = build_report(tmp_path / "raw")
+    assert any(note.startswith("DyLoRA per-rank table: runs in setup 'model=minilm'") for note in report.notes)
+    assert "DyLoRA per-rank table" in report.summary()
 
 
 def test_full_fine_tunings_own_lr_does_not_split_it_from_the_other_arms():

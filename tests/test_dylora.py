@@ -4,6 +4,7 @@ reaches, the per-step rank draw, the evaluation at every rank written by run(), 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -75,12 +76,15 @@ def test_one_rank_per_step_drawn_uniformly_from_torch_generator():
     assert method.rank_pattern(model) == {f"encoder.layer.{i}.{m}": 4 for i in range(2) for m in ("query", "value")}
 
 
-def test_run_evaluates_every_rank_and_reports_r_max_as_primary(make_cfg):
+def test_run_evaluates_every_rank_and_reports_r_max_as_primary(make_cfg, caplog):
     cfg, overrides = make_cfg([
         "method=dylora", "task.batch_size=8", "train.max_steps=6", "train.eval_interval=3",
         "train.max_eval_samples=8",
     ])
-    metrics = run(cfg, overrides)
+    with caplog.at_level(logging.INFO, logger="adarank.methods.dylora"):
+        metrics = run(cfg, overrides)
+    progress = [r.getMessage() for r in caplog.records if r.name == "adarank.methods.dylora"]
+    assert len(progress) == 9 and progress[-1].startswith("DyLoRA rank 8/8: accuracy ")  # one line per rank
     [folder] = [p.parent for p in Path(cfg.results.root).rglob("metrics.json")]
     assert validate_run_folder(folder) == []
     assert list(metrics["by_rank"]) == [str(b) for b in range(1, 9)]

@@ -57,3 +57,18 @@ def test_mnli_reads_both_dev_sets(tiny_glue_dir):
     data = load_local(task_cfg("mnli"), str(tiny_glue_dir))
     assert set(data) == {"train", "validation_matched", "validation_mismatched"}
     assert set(data["train"].labels) == {0, 1, 2}
+
+
+def test_trivial_baseline_is_on_the_scored_examples(make_cfg, tiny_glue_dir):
+    """train.max_eval_samples=7 scores the first 7 dev examples: the constant prediction's metrics
+    are computed on those 7 (the majority class among them), and metrics.json says on how many."""
+    from adarank.data.glue import load_glue_task
+    from adarank.models import load_tokenizer
+
+    cfg, _ = make_cfg(["task=rte", "train.max_eval_samples=7"])
+    data = load_glue_task(cfg.task, cfg.data, cfg.train, load_tokenizer(cfg.model, cfg.data.cache_dir))
+    scored = load_local(cfg.task, str(tiny_glue_dir))["validation"].labels[:7]
+    majority = max(scored.count(0), scored.count(1))
+    assert data.info["trivial_baseline_examples"] == data.info["validation_examples"] == 7
+    assert data.info["trivial_baseline"]["accuracy"] == pytest.approx(100 * majority / 7)
+    assert data.info["majority_class_accuracy"] == pytest.approx(100 * majority / 7)

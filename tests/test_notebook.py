@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from adarank.analysis.synthetic import demo_tree
+from adarank.analysis.synthetic import demo_tree, fake_run
 from tests.conftest import REPO
 
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
@@ -31,12 +33,18 @@ def outputs(notebook) -> list[dict]:
 @pytest.mark.slow
 def test_notebook_executes_on_a_small_results_tree(tmp_path, monkeypatch):
     results = demo_tree(tmp_path / "raw")
+    folder = fake_run(results, "rte", "dylora", 0, 80.0)  # DyLoRA evaluated at every rank
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["by_rank"] = {"1": {"accuracy": 70.0}, "2": {"accuracy": 75.5}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
     notebook = run_notebook(tmp_path, monkeypatch, results)
     shown = outputs(notebook)
     text = "".join(out.get("text", "") for out in shown)
+    markdown = "".join(out.get("data", {}).get("text/markdown", "") for out in shown)
     assert "table1:" in text
     assert any("image/png" in out.get("data", {}) for out in shown)
-    assert any("Table I" in out.get("data", {}).get("text/markdown", "") for out in shown)
+    assert "Table I" in markdown and "DyLoRA at every rank" in markdown and "75.50 (n=1)" in markdown
+    assert "learning_curve_rte_paper.png`: RTE: dev accuracy" in markdown  # each figure with its caption
     assert (tmp_path / "tables" / "table1.md").is_file()
 
 

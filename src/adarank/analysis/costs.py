@@ -70,26 +70,49 @@ def costs_markdown(costs: pd.DataFrame) -> str:
     return "\n".join(parts) + "\n"
 
 
-def costs_latex(costs: pd.DataFrame) -> str:
-    """One booktabs ``table*`` per setup (pandas' Styler), scaled to the text width."""
-    from adarank.analysis.tables import latex_escape
+#: LaTeX column headings (two lines each; the note says what they hold)
+LATEX_HEADERS = {
+    "task": "Task", "arm": "Method", "seeds": "Seeds",
+    "trainable_params_start": "Params\nstart", "trainable_params_end": "Params\nend",
+    "wall_seconds": "Wall\ns", "train_seconds": "Train\ns", "allocation_seconds": "Alloc.\ns",
+    "allocation share %": "Alloc.\n%", "median_step_seconds": "Step\ns", "peak_memory_mb": "Memory\nMB",
+    "total_rank": "Final\nrank",
+}
+LATEX_NOTE = ("Means over the seeds found, runs at the default hyperparameters only. Params: trainable "
+              "parameters at the start and the end of training; Wall / Train s: wall-clock and training "
+              "seconds; Alloc. s / %: seconds spent scoring and allocating ranks and their share of the "
+              "wall time; Step s: median optimizer-step time; Memory MB: peak memory; Final rank: total "
+              "rank at the end; –: not recorded.")
 
-    out = ["% Costs per method and task (means over seeds, default hyperparameters)",
-           "% needs \\usepackage{booktabs,graphicx}"]
+
+def costs_latex(costs: pd.DataFrame) -> str:
+    """One float per setup (continued in further floats when long), rows grouped by task, laid out
+    by latex.py to print at 7-8 pt in a two-column article."""
+    from adarank.analysis import latex
+    from adarank.analysis.tables import MODEL_LABELS, setup_id, setup_model
+
+    out = ["% Costs per method and task (means over seeds, default hyperparameters)", "% needs \\usepackage{booktabs}"]
     if costs.empty:
         return "\n".join(out + ["% No runs."]) + "\n"
-    shown = costs_display(costs)
+    shown = costs_display(costs).rename(columns={v: k for k, v in {**COLUMNS, "arm": "method"}.items()})
+    rows_spec = load_paper()["table1"]["rows"]
+    shown["arm"] = [rows_spec.get(arm, {}).get("short", label) for arm, label in zip(costs["arm"], shown["arm"])]
     for number, setup in enumerate(dict.fromkeys(costs["setup"])):
-        frame = shown[shown["setup"] == setup].drop(columns="setup").map(latex_escape)
-        frame.columns = [latex_escape(c) for c in frame.columns]
-        heading = "Paper setup" if setup == PAPER_SETUP else f"Setup: {setup}"
-        text = frame.style.hide(axis="index").to_latex(
-            hrules=True, environment="table*", position="t", position_float="centering",
-            caption=latex_escape(f"Costs per method and task (means over seeds). {heading}."),
-            label="tab:costs" + (f"-{number + 1}" if number else ""), column_format="ll" + "r" * (frame.shape[1] - 2),
-        )
-        text = text.replace("\\begin{tabular}", "\\resizebox{\\textwidth}{!}{%\n\\begin{tabular}")
-        out.append(text.replace("\\end{tabular}", "\\end{tabular}}"))
+        frame = shown[shown["setup"] == setup]
+        rows, groups = [], []
+        for task, block in frame.groupby("task", sort=False):
+            for i, record in enumerate(block.to_dict("records")):
+                rows.append([str(record[c]) if c != "task" or i == 0 else "" for c in LATEX_HEADERS])
+            groups.append(len(block))
+        model = MODEL_LABELS.get(setup_model(setup), setup_model(setup))
+        caption = f"Costs per method and task, {model}"
+        if setup != PAPER_SETUP:
+            caption += f"; setup {setup_id(setup)}"
+        note = LATEX_NOTE + ("" if setup == PAPER_SETUP else f" Setup {setup_id(setup)}: {setup}.")
+        table = latex.Table(header=list(LATEX_HEADERS.values()), rows=rows, caption=caption + ".", note=note,
+                            label="tab:costs" + (f"-{setup_id(setup)}" if number else ""), keep=2,
+                            align="ll" + "r" * (len(LATEX_HEADERS) - 2), groups=groups)
+        out.append(latex.render(table))
     return "\n".join(out) + "\n"
 
 

@@ -5,7 +5,8 @@
 * rank over time (``growth_log.jsonl``): the total rank against the step, a step line per growing
   or masking arm (its lowest seed), starting from the initial total rank, with the budget dashed.
 
-Both take the runs of the shown setup at the default hyperparameters, like Table I.
+Both take the runs of one setup (the preferred one of those given) at the default
+hyperparameters, like Table I; seeds per line are in the caption, the legend sits below the plot.
 """
 
 from __future__ import annotations
@@ -16,9 +17,19 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from adarank.analysis.figures import ARM_LABELS, COLUMN_WIDTH, STYLE, save
+from adarank.analysis.figures import (
+    ARM_LABELS,
+    STYLE,
+    Drawn,
+    file_name,
+    in_preferred_setup,
+    legend_below,
+    line_figure,
+    save,
+    setup_sentence,
+    title_tag,
+)
 from adarank.analysis.paper import load_paper, task_label
-from adarank.analysis.runs import PAPER_SETUP
 from adarank.analysis.tables import axes_unchanged
 
 RANK_ARMS = ["triadapt_linear", "triadapt_nonlinear", "triadapt_fixed", "increlora", "adalora"]
@@ -51,33 +62,37 @@ def label(arm: str) -> str:
     return ARM_LABELS.get(arm) or rows.get(arm, {}).get("label", arm)
 
 
-def learning_curves(runs: pd.DataFrame, out_dir: Path, setup: str | None) -> list[Path]:
-    picked = runs[axes_unchanged(runs)]
+def learning_curves(runs: pd.DataFrame, out_dir: Path) -> list[Drawn]:
+    setup, picked = in_preferred_setup(runs[axes_unchanged(runs)])
     written = []
     for task in sorted(set(picked["task"])):
-        curves = {}
+        curves, drawn = {}, []
         for arm, part in picked[picked["task"] == task].groupby("arm", sort=True):
-            series = [eval_points(run["run_dir"], run["primary_metric"]) for _, run in part.iterrows()]
-            series = [s for s in series if not s.empty]
+            series = {run["run_dir"]: eval_points(run["run_dir"], run["primary_metric"]) for _, run in part.iterrows()}
+            series = {folder: s for folder, s in series.items() if not s.empty}
             if series:
-                curves[arm] = pd.concat(series, axis=1)  # steps x seeds (NaN where a seed lacks a step)
-        if not curves:
-            continue
+                curves[arm] = pd.concat(series.values(), axis=1)  # steps x seeds (NaN where a seed lacks a step)
+                drawn += list(series)
+        if not curves or max(len(frame) for frame in curves.values()) < 2:
+            continue  # one evaluation per run (train.eval_interval = the run's length): no curve to draw
         metric = picked.loc[picked["task"] == task, "primary_metric"].iloc[0]
-        path = out_dir / f"learning_curve_{task}.png"
+        path = out_dir / file_name(f"learning_curve_{task}", setup)
         with plt.rc_context(STYLE):
-            fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.6))
+            fig, ax = line_figure(len(curves))
             for arm, frame in curves.items():
                 steps = frame.index.to_numpy(dtype=float)
-                line = ax.plot(steps, frame.mean(axis=1), label=f"{label(arm)} ({frame.shape[1]} seeds)")[0]
+                line = ax.plot(steps, frame.mean(axis=1), label=label(arm), marker="o" if len(steps) <= 12 else None)[0]
                 if frame.shape[1] > 1:
                     ax.fill_between(steps, frame.min(axis=1), frame.max(axis=1), color=line.get_color(), alpha=0.2)
             ax.set_xlabel("optimizer step")
             ax.set_ylabel(f"dev {metric}")
-            ax.set_title(_title(f"{task_label(task)}: dev {metric} during training", setup))
-            ax.legend()
+            ax.set_title(f"{task_label(task)}: dev {metric} during training{title_tag(setup)}")
+            legend_below(fig, ax)
             save(fig, path)
-        written.append(path)
+        seeds = ", ".join(f"{label(arm)} {frame.shape[1]}" for arm, frame in curves.items())
+        caption = (f"{task_label(task)}: dev {metric} against the optimizer step, mean over seeds (band: min..max; "
+                   f"seeds: {seeds}). " + setup_sentence(setup))
+        written.append(Drawn(path, setup, caption, drawn))
     return written
 
 
@@ -108,8 +123,8 @@ def rank_steps(run_dir: str | Path) -> tuple[list[int], list[float], float | Non
     return steps, values, rank.get("target_total_rank")
 
 
-def rank_over_time(runs: pd.DataFrame, out_dir: Path, setup: str | None) -> list[Path]:
-    picked = runs[runs["arm"].isin(RANK_ARMS) & axes_unchanged(runs)]
+def rank_over_time(runs: pd.DataFrame, out_dir: Path) -> list[Drawn]:
+    setup, picked = in_preferred_setup(runs[runs["arm"].isin(RANK_ARMS) & axes_unchanged(runs)])
     written = []
     for task in sorted(set(picked["task"])):
         lines = []
@@ -118,32 +133,28 @@ def rank_over_time(runs: pd.DataFrame, out_dir: Path, setup: str | None) -> list
             for _, run in part.iterrows():
                 steps, values, budget = rank_steps(run["run_dir"])
                 if len(steps) > 1:
-                    lines.append((arm, int(run["seed"]), steps, values, budget))
+                    lines.append((arm, int(run["seed"]), steps, values, budget, run["run_dir"]))
                     break
         if not lines:
             continue
-        path = out_dir / f"rank_over_time_{task}.png"
+        path = out_dir / file_name(f"rank_over_time_{task}", setup)
+        budgets = sorted({float(line[4]) for line in lines if line[4]})
         with plt.rc_context(STYLE):
-            fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.6))
-            budgets = set()
-            for arm, seed, steps, values, budget in lines:
-                ax.step(steps, values, where="post", label=f"{label(arm)} (seed {seed})")
-                if budget:
-                    budgets.add(float(budget))
-            for budget in sorted(budgets):
+            fig, ax = line_figure(len(lines) + bool(budgets))
+            for arm, seed, steps, values, _, _ in lines:
+                ax.step(steps, values, where="post", label=label(arm))
+            for budget in budgets:
                 ax.axhline(budget, color="grey", linestyle="--", linewidth=0.8)
             if budgets:
                 ax.plot([], [], color="grey", linestyle="--", linewidth=0.8, label="budget (target total rank)")
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("total rank")
             ax.set_ylim(bottom=0)
-            ax.set_title(_title(f"{task_label(task)}: total rank during training", setup))
-            ax.legend()
+            ax.set_title(f"{task_label(task)}: total rank during training{title_tag(setup)}")
+            legend_below(fig, ax)
             save(fig, path)
-        written.append(path)
+        seeds = ", ".join(f"{label(arm)} seed {seed}" for arm, seed, *_ in lines)
+        caption = (f"{task_label(task)}: total rank against the optimizer step, from the initial rank, one run per "
+                   f"method ({seeds}); dashed: the budget. " + setup_sentence(setup))
+        written.append(Drawn(path, setup, caption, [line[5] for line in lines]))
     return written
-
-
-def _title(text: str, setup: str | None) -> str:
-    return text if setup in (None, PAPER_SETUP) else f"{text}\n({setup})"
-

@@ -36,6 +36,39 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def to_latex(table: pd.DataFrame) -> str:
+    """One float per setup (latex.py's layout): a row per rank, a column per task."""
+    from adarank.analysis import latex
+    from adarank.analysis.paper import task_label
+    from adarank.analysis.runs import PAPER_SETUP
+    from adarank.analysis.tables import MODEL_LABELS, setup_id, setup_model
+
+    out = ["% DyLoRA at every rank (needs \\usepackage{booktabs})"]
+    if table.empty:
+        return "\n".join(out + ["% No DyLoRA run with per-rank evaluations."]) + "\n"
+    for number, (setup, block) in enumerate(table.groupby("setup", sort=False)):
+        tasks = list(dict.fromkeys(block["task"]))
+        rows = []
+        for rank, part in block.groupby("rank"):
+            cells = {r.task: _latex_cell(r) for r in part.itertuples()}
+            rows.append([str(rank), *(cells.get(task, "–") for task in tasks)])
+        model = MODEL_LABELS.get(setup_model(setup), setup_model(setup))
+        where = "" if setup == PAPER_SETUP else f"; setup {setup_id(setup)}"
+        note = ("One DyLoRA adapter per seed, evaluated on the whole dev set at every rank b (the first b rows of A "
+                "and columns of B, scaling alpha/b); mean ± std over seeds of the task's primary metric; n=k: k seeds "
+                "where not 3." + ("" if setup == PAPER_SETUP else f" Setup {setup_id(setup)}: {setup}."))
+        out.append(latex.render(latex.Table(
+            header=["Rank", *(task_label(t) for t in tasks)], rows=rows, note=note,
+            caption=f"DyLoRA at every rank, {model}{where}.",
+            label="tab:dylora-ranks" + (f"-{setup_id(setup)}" if number else ""))))
+    return "\n".join(out) + "\n"
+
+
+def _latex_cell(row) -> str:
+    spread = "" if pd.isna(row.std) else f"±{row.std:.1f}"
+    return f"{row.mean:.2f}{spread}" + ("" if row.n == 3 else f"\nn={row.n}")
+
+
 def _cell(row) -> str:
     spread = "" if pd.isna(row.std) else f" ± {row.std:.2f}"
     return f"{row.mean:.2f}{spread} (n={row.n})"

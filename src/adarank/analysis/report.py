@@ -1,7 +1,8 @@
 """Everything `make tables` writes, from a results tree: Tables I-IV (Markdown, LaTeX, tidy CSV),
-the cost table, Figures 2-5, learning curves and rank over time (each as PDF and PNG), DyLoRA's
-per-rank table (dylora_ranks.md/.csv, when a DyLoRA run has one), runs.csv (one line per run found) and left_out.csv (every
-finished run a table does not show, with the reason).
+the cost table, Figures 2-5, learning curves and rank over time (each as PDF and PNG, one per
+setup, with their captions in figures/captions.md), DyLoRA's per-rank table
+(dylora_ranks.md/.tex/.csv, when a DyLoRA run has one), runs.csv (one line per run found) and
+left_out.csv (every finished run a table does not show, with the reason).
 
 Tables and figures show one setup (``setup=None``: the paper setup when the tree has it, else the
 setup with most runs), a named one, or ``"all"``; the summary names the other setups and how to
@@ -37,6 +38,8 @@ class Report:
     all_setups: list[str] = field(default_factory=list)
     left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LEFT_OUT_COLUMNS))
     figures: list[Path] = field(default_factory=list)
+    drawn: list[figures.Drawn] = field(default_factory=list)  # each figure with its setup, caption and runs
+    dylora_ranks: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=dylora_ranks.COLUMNS))
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # why an expected figure was not drawn
 
@@ -86,14 +89,20 @@ def build_report(results: str | Path, conf_dir: str | Path | None = None, setup:
                              columns=LEFT_OUT_COLUMNS))
     left = [frame for frame in left if not frame.empty]
     shown_runs = runs[runs["setup"].isin(shown) & (runs["status"] == "completed")]  # no costs of diverged runs
-    return Report(runs=runs, tables=built, costs=cost_table.build_costs(shown_runs), setups=shown,
-                  all_setups=all_setups,
-                  left_out=pd.concat(left, ignore_index=True) if left else pd.DataFrame(columns=LEFT_OUT_COLUMNS))
+    report = Report(runs=runs, tables=built, costs=cost_table.build_costs(shown_runs), setups=shown,
+                    all_setups=all_setups, dylora_ranks=dylora_ranks.build(shown_runs),
+                    left_out=pd.concat(left, ignore_index=True) if left else pd.DataFrame(columns=LEFT_OUT_COLUMNS))
+    hidden = dylora_ranks.build(runs[~runs["setup"].isin(shown) & (runs["status"] == "completed")])
+    for other in dict.fromkeys(hidden["setup"]):
+        report.notes.append(f"DyLoRA per-rank table: runs in setup '{other}', not shown (--setup '{other}' or --setup all)")
+    return report
 
 
 @writes_folder_whole(marker="runs.csv")  # into a temporary folder, swapped in once complete
 def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | None = None,
-                 setup: str | None = None) -> Report:
+                 setup: str | None = None, paper: str = "delta") -> Report:
+    """Write everything into ``out``; ``paper``: how the LaTeX tables show the paper's numbers
+    (tables.PAPER_LAYOUTS)."""
     out = Path(out)
     figure_dir = out / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +111,7 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
         left = report.left_out[report.left_out["table"] == name]
         report.files += [
             _write(out / f"{name}.md", tables.to_markdown(tidy, name, left)),
-            _write(out / f"{name}.tex", tables.to_latex(tidy, name)),
+            _write(out / f"{name}.tex", tables.to_latex(tidy, name, paper)),
             _write_csv(out / f"{name}.csv", tidy),
         ]
     report.files += [
@@ -112,32 +121,47 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
         _write_csv(out / "runs.csv", report.runs.drop(columns=["best", "final", "identity", "by_rank"])),
         _write_csv(out / "left_out.csv", report.left_out),
     ]
+    if not report.dylora_ranks.empty:
+        report.files += [_write(out / "dylora_ranks.md", dylora_ranks.to_markdown(report.dylora_ranks)),
+                         _write(out / "dylora_ranks.tex", dylora_ranks.to_latex(report.dylora_ranks)),
+                         _write_csv(out / "dylora_ranks.csv", report.dylora_ranks)]
     shown = report.runs[report.runs["setup"].isin(report.setups) & (report.runs["status"] == "completed")]
-    per_rank = dylora_ranks.build(shown)
-    if not per_rank.empty:
-        report.files += [_write(out / "dylora_ranks.md", dylora_ranks.to_markdown(per_rank)),
-                         _write_csv(out / "dylora_ranks.csv", per_rank)]
-    drawn = figures.figure2(shown, figure_dir)
-    if not drawn:
-        report.notes.append(figures.figure2_note(report.runs, report.setups))
-    report.figures += drawn
-    sensitivity = []
-    for name in figures.SENSITIVITY:
-        sensitivity += figures.sensitivity_figure(shown, name, figure_dir)
-    if not sensitivity:
-        report.notes.append("Figures 3-5: no growing arm has runs at two or more values of init_warmup, "
-                            "incre_interval or reference_rank in the shown setup (conf/sweep/fig3-5.yaml)")
-    report.figures += sensitivity
-    setup = report.setups[0] if len(report.setups) == 1 else None
-    over_time = curves.learning_curves(shown, figure_dir, setup)
-    if not over_time:
-        report.notes.append("learning curves: no evaluation line in the train_log.jsonl of the shown runs")
-    ranks = curves.rank_over_time(shown, figure_dir, setup)
-    if not ranks:
-        report.notes.append("rank over time: no growth_log.jsonl event in the shown growing/masking runs")
-    report.figures += over_time + ranks
+    kinds = {"Figure 2": [], "Figures 3-5": [], "learning curves": [], "rank over time": []}
+    for one in report.setups:  # one figure per setup: setups are never pooled
+        runs = shown[shown["setup"] == one]
+        kinds["Figure 2"] += figures.figure2(runs, figure_dir)
+        for name in figures.SENSITIVITY:
+            kinds["Figures 3-5"] += figures.sensitivity_figure(runs, name, figure_dir)
+        kinds["learning curves"] += curves.learning_curves(runs, figure_dir)
+        kinds["rank over time"] += curves.rank_over_time(runs, figure_dir)
+    missing = {  # why a kind of figure was not drawn (Figure 2's reason reads every rank pattern: only when needed)
+        "Figure 2": lambda: figures.figure2_note(report.runs, report.setups),
+        "Figures 3-5": lambda: "Figures 3-5: no growing arm has runs at two or more values of init_warmup, "
+                               "incre_interval or reference_rank in the shown setup (conf/sweep/fig3-5.yaml)",
+        "learning curves": lambda: "learning curves: no run of the shown setup has two or more evaluations in "
+                                   "its train_log.jsonl (train.eval_interval)",
+        "rank over time": lambda: "rank over time: no growth_log.jsonl event in the shown growing/masking runs",
+    }
+    for kind, drawn in kinds.items():
+        if not drawn:
+            report.notes.append(missing[kind]())
+        report.drawn += drawn
+    report.figures = [d.path for d in report.drawn]
+    if report.drawn:
+        report.files.append(_write(figure_dir / "captions.md", captions_markdown(report.drawn)))
     report.files += report.figures + [path.with_suffix(".pdf") for path in report.figures]
     return report
+
+
+def captions_markdown(drawn: list[figures.Drawn]) -> str:
+    """Every figure's caption (the setup label and seeds per line, which the figures leave out)."""
+    parts = ["# Figure captions", "", "Setups (the id ends each file name):", ""]
+    for setup in dict.fromkeys(d.setup for d in drawn):
+        parts.append(f"- `{tables.setup_id(setup)}`: {figures.setup_sentence(setup)}")
+    parts.append("")
+    for d in drawn:
+        parts += [f"## {d.path.stem} (.pdf, .png)", "", d.caption, ""]
+    return "\n".join(parts)
 
 
 def _write(path: Path, text: str) -> Path:

@@ -142,14 +142,16 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
     rank = metrics.get("rank") or {}
 
     flat = flatten(config)
+    reference = defaults.reference(config)
+    ref_flat = flatten(reference) if reference is not None else {}
     schedule = metrics.get("schedule") or {}
     if schedule.get("mode") == "scaled":  # compare on the paper's values the scaling started from
         for key, change in (schedule.get("values") or {}).items():
             if isinstance(change, dict) and "paper" in change:
-                flat[key] = change["paper"]
+                # a key the scaling derives from others (ALoRA's k1_steps from k1_epochs, null by
+                # default) is no setting of the run: compared as the default
+                flat[key] = None if key in ref_flat and ref_flat[key] is None else change["paper"]
     flat = {k: v for k, v in flat.items() if matters(k, method)}
-    reference = defaults.reference(config)
-    ref_flat = flatten(reference) if reference is not None else {}
     diffs = differences(flat, ref_flat) if reference is not None else None
     record: dict[str, Any] = {
         "run_dir": str(folder),

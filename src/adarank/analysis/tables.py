@@ -16,14 +16,17 @@ Std is the sample standard deviation (ddof=1) over seeds; one seed gives no std.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
 
+from adarank.analysis import latex
 from adarank.analysis.paper import glue_tasks, load_paper, paper_avg, paper_cell, task_label
-from adarank.analysis.runs import AXES, PAPER_SETUP
+from adarank.analysis.runs import AXES, PAPER_MODEL, PAPER_SETUP
 
 EXPECTED_SEEDS = 3
 AVG = "avg"
@@ -144,6 +147,7 @@ def left_out(runs: pd.DataFrame, table: str, setups: list[str]) -> pd.DataFrame:
 def _build_for_setup(runs: pd.DataFrame, table: str, setup: str) -> pd.DataFrame:
     squad = table == "table4"
     columns = list(load_paper()["table4"]["columns"]) if squad else glue_tasks()
+    model = ", ".join(sorted(set(map(str, runs["model"])))) if "model" in runs else None
     runs = runs[runs["task"].isin(table_tasks(table))]
     records = []
     cells: dict[tuple[str, str], dict] = {}
@@ -167,7 +171,9 @@ def _build_for_setup(runs: pd.DataFrame, table: str, setup: str) -> pd.DataFrame
             avg = sum(found) / len(found) if len(found) == len(columns) else None
             cell = {"mean": avg, "std": None, "n": len(found), "picked": None}
             records.append(_record(table, setup, row, AVG, cell, paper_avg(table, row.key), None))
-    return pd.DataFrame(records)
+    frame = pd.DataFrame(records)
+    frame.insert(2, "model", model)  # the model(s) of the setup's runs, which captions name
+    return frame
 
 
 def _values(picked: pd.DataFrame, column: str, squad: bool) -> list[float]:
@@ -215,16 +221,18 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
 
 
 def _significance(cells: dict, rows: list[RowSpec], columns: list[str], table: str) -> None:
-    """p-value of each row against the table's reference row (REFERENCE_ROW), per column."""
+    """p-value of each row against the table's reference row (REFERENCE_ROW), per column. When the
+    reference is a best-of row (Table I's TriAdaptLoRA), the source it took is the reference
+    itself (no p-value) and the other source is tested against it: Linear vs Non-Linear."""
     reference = REFERENCE_ROW.get(table)
     keys = {row.key: row for row in rows}
     if reference not in keys:
         return
-    skip = {reference, *keys[reference].best_of}  # the reference's own sources
     for row in rows:
         for column in columns:
             cell = cells[(row.key, column)]
-            cell["p_value"] = None if row.key in skip else welch_p(cells[(reference, column)]["values"], cell["values"])
+            itself = row.key == reference or row.key == cells[(reference, column)].get("picked")
+            cell["p_value"] = None if itself else welch_p(cells[(reference, column)]["values"], cell["values"])
 
 
 def _best_of(cells: dict, sources: tuple[str, ...], column: str) -> dict:
@@ -258,17 +266,47 @@ def _record(table, setup, row: RowSpec, column, cell, paper, paper_std) -> dict:
 # --- rendering ----------------------------------------------------------------------------------
 
 MARK = "†"
+#: the model as a caption names it
+MODEL_LABELS = {"deberta_v3_base": "DeBERTaV3-base", "minilm": "MiniLM (all-MiniLM-L6-v2)",
+                "tiny": "a tiny random DeBERTa"}
+#: how the LaTeX tables of the paper setup show the paper's numbers: "delta" = ours, with
+#: (ours − paper) below it in the same cell; "column" = a compact paper column beside each of
+#: ours; "none" = ours only. Other setups never show them (not comparable).
+PAPER_LAYOUTS = ("delta", "column", "none")
 
 
-def legend(table: str) -> str:
+def setup_id(setup: str) -> str:
+    """A short name for a setup that stays the same across runs of ``make tables`` (file names,
+    figure titles, table headings): ``paper`` for the paper setup, else the model and 6 hex digits
+    of the label's hash (``minilm-3f9a2c``). Captions and notes give the whole label."""
+    if setup == PAPER_SETUP:
+        return "paper"
+    return f"{setup_model(setup)}-{hashlib.sha256(setup.encode()).hexdigest()[:6]}"
+
+
+def setup_model(setup: str) -> str:
+    """The model a setup label names (the paper's for the paper setup)."""
+    match = re.match(r"model=([\w.-]+)", setup)
+    return PAPER_MODEL if setup == PAPER_SETUP or not match else match.group(1)
+
+
+def title(table: str, models=()) -> str:
+    """The table's title naming the model(s) of its runs (the paper's, DeBERTaV3-base, by default)."""
+    names = [MODEL_LABELS.get(m, m) for m in dict.fromkeys(models) if isinstance(m, str)] or [MODEL_LABELS[PAPER_MODEL]]
+    return load_paper()[table]["title"].format(model=" / ".join(names))
+
+
+def legend(table: str, with_paper: bool = True) -> str:
     reference = load_paper()[table]["rows"].get(REFERENCE_ROW.get(table), {}).get("label", "the reference row")
+    paper = "Paper: the number the paper reports; Δ = ours − paper (paper setup only). " if with_paper else ""
+    pick = ("[L]/[N]: the TriAdaptLoRA row took the Linear / Non-Linear cell; the other of the two is "
+            "tested against it. " if table == "table1" else "")
     return (
         "Ours: mean ± std over seeds of the best dev score ((n=k) when fewer or more than "
-        f"{EXPECTED_SEEDS} seeds); Paper: the number the paper reports; Δ = ours − paper. Bold: the best "
-        f"mean of each column. {MARK}: the row differs from {reference} on that task beyond seed noise "
-        f"(Welch's t-test over seeds, p < {ALPHA}; every p-value is in the .csv). [L]/[N]: the "
-        "TriAdaptLoRA row took the Linear / Non-Linear cell. Avg. = mean of the 8 task means (needs all 8). "
-        "Missing cells say so (\"missing\"; – in LaTeX)."
+        f"{EXPECTED_SEEDS} seeds). {paper}Bold: the best mean of each column. {MARK}: the row differs from "
+        f"{reference} on that task beyond seed noise (Welch's t-test over seeds, p < {ALPHA}; every p-value "
+        f"is in the .csv). {pick}Avg. = mean of the 8 task means (needs all 8). Missing cells say so "
+        "(\"missing\"; -- in LaTeX)."
     )
 
 
@@ -287,12 +325,22 @@ def ours_text(rec: dict) -> str:
     if rec["mean"] is None:
         return f"diverged ({diverged:.0f}/{EXPECTED_SEEDS} seeds)" if diverged else f"missing (0/{EXPECTED_SEEDS} seeds)"
     spread = f" ± {rec['std']:.2f}" if rec["std"] is not None else ""
+    seeds = f" ({_seed_note(rec)})" if _seed_note(rec) else ""
+    return f"{rec['mean']:.2f}{spread}{seeds}{_pick(rec)}{_mark(rec)}"
+
+
+def _seed_note(rec: dict) -> str:
+    diverged = rec.get("diverged") or 0
     note = f"n={rec['n']:.0f}" if rec["n"] != EXPECTED_SEEDS or diverged else ""
-    note += f", {diverged:.0f} diverged" if diverged else ""
-    seeds = f" ({note})" if note else ""
-    pick = f" [{'L' if rec['picked'].endswith('_linear') else 'N'}]" if rec["picked"] else ""
-    mark = MARK if rec.get("p_value") is not None and rec["p_value"] < ALPHA else ""
-    return f"{rec['mean']:.2f}{spread}{seeds}{pick}{mark}"
+    return note + (f", {diverged:.0f} diverged" if diverged else "")
+
+
+def _pick(rec: dict) -> str:
+    return f" [{'L' if rec['picked'].endswith('_linear') else 'N'}]" if rec.get("picked") else ""
+
+
+def _mark(rec: dict) -> str:
+    return MARK if rec.get("p_value") is not None and rec["p_value"] < ALPHA else ""
 
 
 def paper_text(rec: dict) -> str:
@@ -308,29 +356,41 @@ def diff_text(rec: dict) -> str:
 BLOCKS = {"Ours": ("mean", ours_text), "Paper": ("paper", paper_text), "Δ (ours − paper)": (None, diff_text)}
 
 
-def blocks(tidy: pd.DataFrame, table: str, setup: str) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """Per block (Ours, Paper, Δ): the cell texts and where the bold (best mean per column) goes,
-    rows = method labels, columns = task labels. The paper's setup keeps every column of the
-    paper's table; another setup (a mini sweep on two tasks) shows only the columns it has runs in."""
-    part = tidy[tidy["setup"] == setup]
+def shown_columns(part: pd.DataFrame, setup: str) -> list[str]:
+    """The paper's setup keeps every column of the paper's table; another setup (a mini sweep on
+    two tasks) shows only the columns it has runs in."""
     columns = list(dict.fromkeys(part["column"]))
     if setup != PAPER_SETUP:
         columns = [c for c in columns if part.loc[part["column"] == c, "mean"].notna().any()] or columns
+    return columns
+
+
+def blocks(tidy: pd.DataFrame, table: str, setup: str) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Per block (Ours; Paper and Δ for the paper setup only): the cell texts and where the bold
+    (best mean per column) goes, rows = method labels, columns = task labels."""
+    part = tidy[tidy["setup"] == setup]
+    columns = shown_columns(part, setup)
     labels = list(dict.fromkeys(part["label"]))
     out = {}
     for name, (value_key, text) in BLOCKS.items():
+        if name != "Ours" and setup != PAPER_SETUP:
+            continue  # the paper's numbers are not comparable with another setup's
         texts = pd.DataFrame("", index=labels, columns=[column_label(table, c) for c in columns])
         bold = pd.DataFrame(False, index=texts.index, columns=texts.columns)
         for column in columns:
             recs = [_clean(r) for r in part[part["column"] == column].to_dict("records")]
-            values = [r[value_key] for r in recs if value_key and r[value_key] is not None]
-            best = max(values) if values else None
+            best = _best(recs, value_key)
             for rec in recs:
                 texts.loc[rec["label"], column_label(table, column)] = text(rec)
                 if best is not None and rec[value_key] is not None and math.isclose(rec[value_key], best):
                     bold.loc[rec["label"], column_label(table, column)] = True
         out[name] = (texts, bold)
     return out
+
+
+def _best(recs: list[dict], key: str | None) -> float | None:
+    values = [r[key] for r in recs if key and r[key] is not None]
+    return max(values) if values else None
 
 
 def _clean(rec: dict) -> dict:
@@ -341,23 +401,27 @@ def _clean(rec: dict) -> dict:
 def setup_heading(setup: str) -> str:
     if setup == PAPER_SETUP:
         return "Paper setup (DeBERTaV3-base, Table V/VI hyperparameters)"
-    return f"Other setup ({setup}): not comparable with the paper's numbers"
+    return f"Setup {setup_id(setup)} ({setup}): not comparable with the paper's numbers"
 
 
 def to_markdown(tidy: pd.DataFrame, table: str, left: pd.DataFrame | None = None) -> str:
-    title = load_paper()[table]["title"]
-    parts = [f"# {title}", "", legend(table), ""]
+    setups = list(dict.fromkeys(tidy["setup"])) if not tidy.empty else []
+    parts = [f"# {title(table, tidy['model'] if 'model' in tidy else ())}", "", legend(table, PAPER_SETUP in setups), ""]
     if tidy.empty:
         parts += ["No runs for this table.", ""]
     else:
-        for setup in dict.fromkeys(tidy["setup"]):
+        for setup in setups:
             parts += [f"## {setup_heading(setup)}", ""]
+            if not _has_runs(tidy, setup):
+                parts += ["No run of this setup for this table.", ""]
+                continue
             for name, (texts, bold) in blocks(tidy, table, setup).items():
                 shown = texts.where(~bold, "**" + texts + "**")
                 parts += [f"### {name}", "", shown.rename_axis("Method").reset_index().to_markdown(index=False), ""]
-        parts += ["Row sources:", ""]
-        for key, row in load_paper()[table]["rows"].items():
-            parts.append(f"- {row['label']}: {row['source']}")
+        if PAPER_SETUP in setups:
+            parts += ["Row sources:", ""]
+            for key, row in load_paper()[table]["rows"].items():
+                parts.append(f"- {row['label']}: {row['source']}")
     if left is not None and not left.empty:
         parts += ["", left_out_markdown(left)]
     return "\n".join(parts) + "\n"
@@ -372,46 +436,130 @@ def left_out_markdown(left: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def to_latex(tidy: pd.DataFrame, table: str) -> str:
-    """One ``table*`` per setup (booktabs rules through pandas' Styler, bold best means, the
-    blocks Ours / Paper / Δ as row groups, scaled to the text width of a two-column page)."""
-    title = load_paper()[table]["title"]
-    out = [f"% {title}", "% needs \\usepackage{booktabs,multirow,graphicx}"]
-    if tidy.empty:
+# --- LaTeX --------------------------------------------------------------------------------------
+
+
+def to_latex(tidy: pd.DataFrame, table: str, paper: str = "delta") -> str:
+    """One float per setup in the paper's layout (one row per method, a column per task, the best
+    mean of each column bold), laid out by latex.py to print at 7-8 pt in a two-column article.
+    ``paper``: how the paper setup shows the paper's numbers (PAPER_LAYOUTS)."""
+    if paper not in PAPER_LAYOUTS:
+        raise ValueError(f"paper={paper!r}: choose one of {', '.join(PAPER_LAYOUTS)}")
+    out = [f"% {title(table, tidy['model'] if 'model' in tidy else ())}", "% needs \\usepackage{booktabs}"]
+    setups = [s for s in dict.fromkeys(tidy["setup"]) if _has_runs(tidy, s)] if not tidy.empty else []
+    if not setups:
         return "\n".join(out + ["% No runs for this table."]) + "\n"
-    caption = title.split(": ", 1)[-1] if title.startswith("Table") else title  # LaTeX numbers it
-    for number, setup in enumerate(dict.fromkeys(tidy["setup"])):
-        parts = blocks(tidy, table, setup)
-        texts = pd.concat({latex_escape(k): v[0] for k, v in parts.items()})
-        bold = pd.concat({latex_escape(k): v[1] for k, v in parts.items()})
-        texts = texts.map(lambda v: "--" if v.startswith("missing") else latex_escape(v))  # -- : no run
-        texts.index = pd.MultiIndex.from_tuples([(b, latex_escape(m)) for b, m in texts.index])
-        texts.columns = [latex_escape(c) for c in texts.columns]
-        bold.index, bold.columns = texts.index, texts.columns
-        styler = texts.style.apply(lambda _: bold.replace({True: "font-weight: bold;", False: ""}), axis=None)
-        label = f"tab:{table}" + (f"-{number + 1}" if number else "")
-        text = styler.to_latex(
-            hrules=True, convert_css=True, environment="table*", position="t", position_float="centering",
-            caption=f"{latex_escape(caption)}. {latex_escape(setup_heading(setup))}.", label=label,
-            multirow_align="t", clines="skip-last;data", column_format="ll" + "c" * texts.shape[1],
-        )
-        text = text.replace("\\cline{1-" + str(texts.shape[1] + 2) + "}", "\\midrule")
-        text = text.replace("\\begin{tabular}", "\\resizebox{\\textwidth}{!}{%\n\\begin{tabular}")
-        text = text.replace("\\end{tabular}", "\\end{tabular}}\n\\par\\smallskip\\footnotesize " + latex_escape(legend(table)))
-        out += [text]
+    for number, setup in enumerate(setups):
+        out.append(latex.render(latex_table(tidy, table, setup, paper, first=number == 0)))
     return "\n".join(out) + "\n"
 
 
-def latex_escape(text: str, keep_math: bool = False) -> str:
-    text = str(text)
-    if keep_math:  # cell_text(latex=True) already wrote $\pm$ and $\Delta$
-        pieces = text.split("$")
-        return "$".join(p if i % 2 else _escape_plain(p) for i, p in enumerate(pieces))
-    return _escape_plain(text)
+def _has_runs(tidy: pd.DataFrame, setup: str) -> bool:
+    part = tidy[(tidy["setup"] == setup) & (tidy["column"] != AVG)]
+    return bool((part["n"] > 0).any() or (part["diverged"] > 0).any())
 
 
-def _escape_plain(text: str) -> str:
-    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-        text = text.replace(char, repl)
-    return (text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "-").replace("–", "--")
-            .replace("†", r"$^\dagger$"))
+def latex_table(tidy: pd.DataFrame, table: str, setup: str, paper: str = "delta", first: bool = True) -> latex.Table:
+    part = tidy[tidy["setup"] == setup]
+    columns = shown_columns(part, setup)
+    with_paper = setup == PAPER_SETUP and paper != "none" and part["paper"].notna().any()
+    layout = paper if with_paper else "none"
+    header: list = ["Method"]
+    for column in columns:
+        name = _latex_column(table, column)
+        header += [(name, "Ours"), (name, "Paper")] if layout == "column" else [name]
+    rows, bold = [], []
+    for key in dict.fromkeys(part["row"]):
+        recs = {r["column"]: _clean(r) for r in part[part["row"] == key].to_dict("records")}
+        first_rec = next(iter(recs.values()))
+        cells, strong = [row_label(table, key, first_rec["label"])], [False]
+        for column in columns:
+            rec = recs[column]
+            column_recs = [_clean(r) for r in part[part["column"] == column].to_dict("records")]
+            cells.append(latex_cell(rec, layout))
+            strong.append(_is_best(rec, column_recs, "mean"))
+            if layout == "column":
+                cells.append(f"{rec['paper']:.2f}" if rec["paper"] is not None else "–")
+                strong.append(_is_best(rec, column_recs, "paper"))
+        rows.append(cells)
+        bold.append(strong)
+    models = list(dict.fromkeys(part["model"])) if "model" in part else []
+    caption = title(table, models).split(": ", 1)[-1]  # LaTeX numbers the table itself
+    if setup != PAPER_SETUP:
+        caption += f"; setup {setup_id(setup)}, not comparable with the paper's numbers"
+    label = f"tab:{table}" if first else f"tab:{table}-{setup_id(setup)}"
+    return latex.Table(header=header, rows=rows, bold=bold, caption=caption + ".", label=label,
+                       note=latex_note(table, setup, layout))
+
+
+def _latex_column(table: str, column: str) -> str:
+    if column == AVG:
+        return "Avg."
+    return load_paper()["table4"]["columns"][column] if table == "table4" else task_label(column)
+
+
+def row_label(table: str, key: str, label: str) -> str:
+    """The row's short label (paper_numbers.yaml ``short``), "Name (variant)" over two lines."""
+    text = load_paper()[table]["rows"].get(key, {}).get("short", label)
+    return text.replace(" (", "\n(", 1)
+
+
+def latex_cell(rec: dict, layout: str) -> str:
+    """Ours as the paper prints it (mean to two decimals, ± std to one), then below it what
+    qualifies it: (Δ) in the delta layout, n=k when not 3 seeds, [L]/[N] for the picked cell; the
+    last two share Δ's line when that does not widen the cell, else take a line of their own."""
+    average = rec["column"] == AVG
+    diverged = rec.get("diverged") or 0
+    if rec["mean"] is None:
+        first = f"div. ({diverged:.0f}/{EXPECTED_SEEDS})" if diverged and not average else "–"
+    else:
+        spread = f"±{rec['std']:.1f}" if rec["std"] is not None else ""
+        first = f"{rec['mean']:.2f}{spread}{_mark(rec)}"
+    delta = f"({rec['diff']:+.2f})".replace("-", "−") if layout == "delta" and rec["diff"] is not None else ""
+    extras = []
+    if rec["mean"] is not None and not average and _seed_note(rec):
+        extras.append(_seed_note(rec).replace("diverged", "div."))
+    if rec["mean"] is not None and _pick(rec):
+        extras.append(_pick(rec).strip())
+    lines = [first, delta, " ".join(extras)]
+    joined = " ".join(filter(None, lines[1:]))
+    if latex.text_width(joined, "scriptsize") <= max(latex.text_width(line, "scriptsize") for line in lines[:2]):
+        lines = [first, joined]
+    return "\n".join(filter(None, lines))
+
+
+def _is_best(rec: dict, column_recs: list[dict], key: str) -> bool:
+    best = _best(column_recs, key)
+    return best is not None and rec[key] is not None and math.isclose(rec[key], best)
+
+
+def latex_note(table: str, setup: str, layout: str) -> str:
+    reference = load_paper()[table]["rows"].get(REFERENCE_ROW.get(table), {}).get("label", "the reference row")
+    parts = ["Ours: mean ± std over seeds of the best dev score (std to one decimal, as the paper prints it)"
+             + ("; below it (ours − paper)" if layout == "delta" else "")
+             + ("; Paper: the paper's number" if layout == "column" else "")
+             + f"; n=k: k seeds where not {EXPECTED_SEEDS}. Bold: the best of each column.",
+             f"{MARK}: differs from {reference} beyond seed noise (Welch's t-test over seeds, p < {ALPHA})."]
+    if table == "table1":
+        parts.append("TriAdaptLoRA: per task the better of Linear and Non-Linear, as in the paper; [L]/[N]: the "
+                     "one it took (the other is tested against it).")
+    if table != "table4":
+        parts.append("Avg.: the mean of the 8 task means.")
+    parts.append("–: no run.")
+    if setup == PAPER_SETUP:
+        parts.append("Setup: " + setup_heading(setup).split(" (", 1)[1].rstrip(")") + ".")
+        if layout != "none":
+            parts.append("Paper numbers: " + "; ".join(f"{', '.join(rows)}: {source}" for source, rows in _sources(table).items()) + ".")
+    else:
+        parts.append(f"Setup {setup_id(setup)}: {setup}.")
+    return " ".join(parts)
+
+
+def _sources(table: str) -> dict[str, list[str]]:
+    """{source: row labels} of the rows with paper numbers."""
+    out: dict[str, list[str]] = {}
+    for row in load_paper()[table]["rows"].values():
+        if row.get("scores"):
+            out.setdefault(row["source"], []).append(row["label"])
+    return out
+

@@ -272,17 +272,20 @@ def load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
         **{f"{s}_examples": len(d) for s, d in eval_sets.items()},
         **({} if data_cfg.dir else {"hub_fingerprint": {split: ex.fingerprint for split, ex in raw.items()}}),
     }
-    dev_labels = raw[task_cfg.eval_splits[0]].labels
+    # on exactly the examples the run scores (train.max_eval_samples may cap the dev set)
+    dev_labels = [feature["labels"] for feature in eval_sets[task_cfg.eval_splits[0]].features]
     majority = _majority_baseline(task_cfg, dev_labels, regression)
     if majority is not None:
         info["majority_class_accuracy"] = majority
     info["trivial_baseline"] = trivial_baseline(task_cfg.name, dev_labels, regression)
+    info["trivial_baseline_examples"] = len(dev_labels)  # the scored examples it was computed on
     return TaskData(train, collate, evaluate, "sequence_classification", task_cfg.num_labels, info)
 
 
 def trivial_baseline(task: str, labels, regression: bool) -> dict[str, float]:
-    """Every dev metric of a constant prediction: the majority class (classification) or the
-    mean score (STS-B, whose correlations are then 0). A run has learned something only above it."""
+    """Every dev metric of a constant prediction on ``labels`` (the dev examples the run scores):
+    the majority class (classification) or the mean score (STS-B, whose correlations are then 0).
+    A run has learned something only above it."""
     if regression:
         constant = float(np.mean(labels))
     else:

@@ -15,6 +15,9 @@ per rank 1..r_max is written to metrics.json as ``by_rank``.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 from torch import nn
 
@@ -22,6 +25,8 @@ from adarank.methods import lowrank
 from adarank.methods.base import Method, StepContext
 from adarank.models import adapted_module_names, freeze_all_but_heads
 from adarank.training.distributed import refuse_multiprocess
+
+log = logging.getLogger(__name__)
 
 UPDATES = ("last", "all")
 DEFAULTS = {"max_rank": None, "update": "last", "evaluate_every_rank": True}
@@ -164,10 +169,16 @@ class DyLoRA(Method):
             return {}
         layers = list(self.layers.values())
         by_rank = {}
+        primary = self.task.get("primary_metric")
+        log.info("DyLoRA: evaluating the adapter at every rank 1..%d on the whole dev set", self.max_rank)
         try:
             for b in range(1, self.max_rank + 1):
                 set_rank(layers, eval_rank=b)
+                start = time.perf_counter()
                 by_rank[str(b)] = evaluate()
+                score = by_rank[str(b)].get(primary)
+                log.info("DyLoRA rank %d/%d: %s %s (%.1f s)", b, self.max_rank, primary,
+                         "-" if score is None else f"{score:.2f}", time.perf_counter() - start)
         finally:
             set_rank(layers, eval_rank=self.max_rank)
         return {"by_rank": by_rank}
