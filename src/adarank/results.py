@@ -33,12 +33,16 @@ NON_SEMANTIC_KEYS = (
     "train.eval_batch_size",
     "train.checkpoint_interval",
     "results.keep_checkpoint",
+    # the fair protocol's LR table: the LR it gives is written into task.lr / method.lr (protocol.py)
+    "protocol.lr_table",
 )
 # config keys added after runs were recorded, with the value that reproduces the earlier
 # computation: a run at that value keeps the hash it had before the key existed (a key at any
 # other value enters the hash as usual). Add every new semantic key here with its neutral value
 # (a whole new config group is one key whose neutral value is the group's dict).
-HASH_NEUTRAL_DEFAULTS: dict[str, object] = {}
+HASH_NEUTRAL_DEFAULTS: dict[str, object] = {
+    "protocol": {"name": "paper"},  # conf/protocol/paper.yaml: the protocol every earlier run used
+}
 # overrides that already name the folder (task/method label/seed) or are not semantic
 IDENTITY_OVERRIDES = ("task", "method", "threshold", "seed") + NON_SEMANTIC_KEYS
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "adarank")
@@ -46,6 +50,15 @@ PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "adarank"
 
 def method_label(method: str, threshold: str | None) -> str:
     return f"{method}-{threshold}" if threshold else method
+
+
+def arm_name(method: str, threshold: str | None) -> str:
+    """The sweep-arm name of a run (conf/sweep/arm/): growing methods carry their threshold."""
+    if method == "increlora":
+        return "increlora"  # IncreLoRA only has the fixed-k rule
+    if method == "triadapt":
+        return f"triadapt_{threshold if threshold and threshold != 'none' else 'linear'}"
+    return method
 
 
 def config_hash(cfg) -> str:

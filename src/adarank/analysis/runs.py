@@ -37,7 +37,7 @@ import pandas as pd
 from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.paper import load_paper
 from adarank.analysis.relevance import matters, shared
-from adarank.results import NON_SEMANTIC_KEYS, metrics_problems
+from adarank.results import NON_SEMANTIC_KEYS, arm_name, metrics_problems
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,6 @@ IGNORED_KEYS = tuple(k for k in NON_SEMANTIC_KEYS if "." in k)
 
 class NoResultsError(RuntimeError):
     """The results tree holds no finished run."""
-
-
-def arm_name(method: str, threshold: str | None) -> str:
-    """The sweep-arm name of a run: growing methods carry their threshold."""
-    if method == "increlora":
-        return "increlora"  # IncreLoRA only has the fixed-k rule
-    if method == "triadapt":
-        return f"triadapt_{threshold if threshold and threshold != 'none' else 'linear'}"
-    return method
 
 
 BAD_FILE = "metrics.json unreadable or not a run of this harness (see the warnings)"

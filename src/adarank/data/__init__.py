@@ -22,15 +22,19 @@ class TaskData:
     head: str  # "sequence_classification" | "question_answering"
     num_labels: int
     info: dict = field(default_factory=dict)  # e.g. {"train_examples": n, "dev_examples": m}
+    #: the fair protocol only: ``evaluate``'s twin on the validation split held out of the training
+    #: set (data/split.py), the split every choice of the run is made on; None under ``paper``
+    validation: Callable[..., dict[str, float]] | None = None
 
 
-def build_task_data(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
+def build_task_data(task_cfg, data_cfg, train_cfg, tokenizer, protocol_cfg=None) -> TaskData:
+    """``protocol_cfg`` (the fair protocol) carves a validation split out of the training set."""
     if task_cfg.kind == "glue":
         from adarank.data.glue import load_glue_task
 
-        return load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer)
+        return load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer, protocol_cfg)
     if task_cfg.kind == "squad_v2":
         from adarank.data.squad import load_squad_task
 
-        return load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer)
+        return load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer, protocol_cfg)
     raise ValueError(f"unknown task kind {task_cfg.kind!r}")

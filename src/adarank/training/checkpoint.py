@@ -15,7 +15,9 @@ continue the same computation:
 * ``rng``: python, numpy, torch (and CUDA) generator states at the checkpoint;
 * ``loop``: the step, the data loader generator's state at the start of the current epoch and the
   number of batches already drawn in it, best evaluation, evaluation count, the train-log offset
-  (the log is truncated to it on resume), step timings and train seconds so far.
+  (the log is truncated to it on resume), step timings and train seconds so far, tokens and the
+  trainable-parameter peak so far, and under the fair protocol the trainable state of the best
+  evaluation (training/best_state.py).
 
 Resumption replays in the same order as the uninterrupted run: model built and seeded, method
 prepared, optimizer and scheduler built, structures regrown, state loaded, RNG restored last
@@ -69,6 +71,9 @@ class LoopState:
     step_seconds: list = field(default_factory=list)
     train_seconds: float = 0.0
     trainable_start: int = 0
+    best_state: dict | None = None  # the fair protocol's best trainable state (training/best_state.py)
+    tokens: int = 0  # training tokens processed so far
+    trainable_peak: dict | None = None  # budget.py's peak count so far
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
