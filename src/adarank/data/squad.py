@@ -71,7 +71,8 @@ class SquadExamples:
     contexts: list[str] = field(default_factory=list)
     answers: list[dict] = field(default_factory=list)  # {"text": [...], "answer_start": [...]}
     fingerprint: str | None = None  # the hub split's datasets fingerprint (data/fingerprint.py)
-    titles: list[str] = field(default_factory=list)  # each question's article (the fair protocol's split)
+    # each question's article (the fair protocol's split); metadata, not part of an example's identity
+    titles: list[str] = field(default_factory=list, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
