@@ -24,6 +24,10 @@ from adarank.checks import ConfigError
 from adarank.results import arm_name
 
 PROTOCOLS = ("paper", "fair")
+#: protocol.lr_table's value in a sweep that must be given a table (conf/sweep/fair_table1.yaml)
+REQUIRED = "required"
+MISSING_TABLE = ("this sweep runs every arm at its selected learning rate: add protocol.lr_table=path/to/selected_lr.yaml "
+                 "(written by `python -m adarank.analysis.select_lr RESULTS` after +sweep=lr_search)")
 
 
 def name(cfg) -> str:
@@ -56,6 +60,8 @@ def check(cfg, threshold: str | None) -> None:
     if chosen != "fair":
         return
     fair = cfg.protocol
+    if fair.lr_table == REQUIRED:
+        raise ConfigError(MISSING_TABLE)
     _integer("protocol.split_seed", fair.split_seed, minimum=0)
     size = fair.val_size
     if not _number(size) or size <= 0 or (size >= 1 and not float(size).is_integer()):
@@ -160,7 +166,11 @@ def sweep_pairs(config) -> list[tuple[str, str]]:
 
 def check_sweep(config) -> None:
     """Raise ConfigError naming every (task, arm) of the sweep that its LR table lacks."""
-    if not is_fair(config) or config.protocol.get("lr_table") is None:
+    if not is_fair(config):
+        return
+    if config.protocol.lr_table == REQUIRED:
+        raise ConfigError(MISSING_TABLE)
+    if config.protocol.lr_table is None:
         return
     table = read_lr_table(config.protocol.lr_table)
     missing = missing_pairs(table, sweep_pairs(config))

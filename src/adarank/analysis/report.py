@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from adarank.analysis import costs as cost_table
-from adarank.analysis import curves, dylora_ranks, figures, tables
+from adarank.analysis import curves, dylora_ranks, fair_report, figures, tables
 from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.runs import load_runs
 
@@ -134,6 +134,11 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
     if not ranks:
         report.notes.append("rank over time: no growth_log.jsonl event in the shown growing/masking runs")
     report.figures += over_time + ranks
+    # the fair protocol's LR selection, budgets, Pareto figures, protocol effect (fair_report.py)
+    fair_files, fair_figures, fair_notes = fair_report.write(report.runs, shown, out, str(results))
+    report.files += fair_files
+    report.figures += fair_figures
+    report.notes += fair_notes
     report.files += report.figures + [path.with_suffix(".pdf") for path in report.figures]
     return report
 

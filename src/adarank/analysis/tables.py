@@ -23,7 +23,7 @@ from typing import Callable
 import pandas as pd
 
 from adarank.analysis.paper import glue_tasks, load_paper, paper_avg, paper_cell, task_label
-from adarank.analysis.runs import AXES, PAPER_SETUP
+from adarank.analysis.runs import AXES, PAPER_SETUP, protocol_note
 
 EXPECTED_SEEDS = 3
 AVG = "avg"
@@ -340,8 +340,8 @@ def _clean(rec: dict) -> dict:
 
 def setup_heading(setup: str) -> str:
     if setup == PAPER_SETUP:
-        return "Paper setup (DeBERTaV3-base, Table V/VI hyperparameters)"
-    return f"Other setup ({setup}): not comparable with the paper's numbers"
+        return f"Paper setup (DeBERTaV3-base, Table V/VI hyperparameters; {protocol_note(setup)})"
+    return f"Other setup ({setup}): not comparable with the paper's numbers; {protocol_note(setup)}"
 
 
 def to_markdown(tidy: pd.DataFrame, table: str, left: pd.DataFrame | None = None) -> str:
