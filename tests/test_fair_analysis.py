@@ -146,13 +146,13 @@ def test_lr_search_selection_and_the_five_seed_sweep_through_train_py(tmp_path, 
         return proc
 
     train_py("+sweep=lr_search", "task=rte", "method=lora", "protocol.lr_scale=0.5,2")
-    train_py("+sweep=lr_search", "task=rte", "method=triadapt", "threshold=linear", "protocol.lr_scale=0.5,2")
+    train_py("+sweep=lr_search", "task=rte", "method=bitfit", "protocol.lr_scale=0.5,2")
     out = tmp_path / "tables"
     select = subprocess.run([sys.executable, "-m", "adarank.analysis.select_lr", str(tmp_path / "raw"), "--out", str(out)],
                             env=env, capture_output=True, text=True, timeout=300)
     assert select.returncode == 0, select.stderr
     table = protocol.read_lr_table(out / "selected_lr.yaml")
-    assert set(table) == {("rte", "lora"), ("rte", "triadapt_linear")}
+    assert set(table) == {("rte", "lora"), ("rte", "bitfit")}
     # a pair the table lacks stops the whole sweep before any job, naming it
     refused = train_py("+sweep=fair_table1", f"protocol.lr_table={out / 'selected_lr.yaml'}", "task=rte",
                        "+sweep/arm=lora,adalora", ok=False)
