@@ -102,8 +102,9 @@ def _run_claimed(cfg, threshold, folder, wall_start, lr_choice=None) -> dict:
     if baseline is not None:
         log.info("trivial baseline (a constant prediction): %s %.2f", primary, baseline)
     if metrics["status"] == "completed":
-        log.info("%s: best %s %.2f, final %.2f; wall %.1f s, final total rank %s, trainable params %s",
-                 folder, primary, metrics["best"][primary], metrics["final"][primary], metrics["costs"]["wall_seconds"],
+        log.info("%s: %sbest %s %.2f, final %.2f; wall %.1f s, final total rank %s, trainable params %s",
+                 folder, "validation " if "test_at_best_val" in metrics else "", primary,
+                 metrics["best"][primary], metrics["final"][primary], metrics["costs"]["wall_seconds"],
                  metrics["rank"].get("total_rank", "-"), metrics["costs"]["trainable_params_end"])
         if "test_at_best_val" in metrics:
             log.info("fair protocol: validation %s best %.2f at step %d; test (dev) %.2f there, %.2f at the last step",

@@ -218,8 +218,8 @@ def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, d
                 batches += 1
                 if batches <= skip:  # drawn before the checkpoint this run resumed from
                     continue
-                tick = time.perf_counter()
                 tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+                tick = time.perf_counter()
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast:
                     loss = model(**batch).loss
