@@ -15,19 +15,22 @@ import pandas as pd
 from adarank.analysis import budgets, pareto, protocol_effect, select_lr
 
 
-def write(runs: pd.DataFrame, shown: pd.DataFrame, out: Path, source: str) -> tuple[list[Path], list[Path], list[str]]:
-    """Write the files under ``out`` (figures under ``out/figures``); return (files, figures, notes)."""
-    files, figures, notes = [], [], []
+def build(runs: pd.DataFrame, shown: pd.DataFrame, figure_dir: Path, source: str
+          ) -> tuple[dict[str, str | pd.DataFrame], list[Path], list[str]]:
+    """(file name -> text or frame, the figures drawn under ``figure_dir``, notes on what is missing)."""
+    files: dict[str, str | pd.DataFrame] = {}
+    figures: list[Path] = []
+    notes: list[str] = []
     if not select_lr.search_runs(runs).empty:
         try:
-            written = select_lr.write_selection(runs, out, source)
-            files += written[:3]
-            figures += written[3:]
+            grid = select_lr.lr_grid(runs)
+            files.update(select_lr.outputs(grid, source))
+            figures += select_lr.sensitivity_figures(grid, figure_dir)
         except select_lr.SelectionError as err:
             notes.append(f"LR selection: {err} (python -m adarank.analysis.select_lr {source} --setup ...)")
     table = budgets.build_budgets(shown)
-    files += [_write(out / "budgets.md", budgets.budgets_markdown(table)), _csv(out / "budgets.csv", table)]
-    drawn = pareto.pareto_figures(shown, out / "figures")
+    files.update({"budgets.md": budgets.budgets_markdown(table), "budgets.csv": table})
+    drawn = pareto.pareto_figures(shown, figure_dir)
     if not drawn:
         notes.append("Pareto figures: no task of the shown setup has finished runs of two or more methods")
     figures += drawn
@@ -35,16 +38,5 @@ def write(runs: pd.DataFrame, shown: pd.DataFrame, out: Path, source: str) -> tu
     if effect.empty:
         notes.append("protocol effect: no setup has finished runs under both protocols (protocol=paper and protocol=fair)")
     else:
-        files += [_write(out / "protocol_effect.md", protocol_effect.effect_markdown(effect)),
-                  _csv(out / "protocol_effect.csv", effect)]
+        files.update({"protocol_effect.md": protocol_effect.effect_markdown(effect), "protocol_effect.csv": effect})
     return files, figures, notes
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-def _csv(path: Path, frame: pd.DataFrame) -> Path:
-    frame.to_csv(path, index=False)
-    return path

@@ -135,8 +135,9 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
         report.notes.append("rank over time: no growth_log.jsonl event in the shown growing/masking runs")
     report.figures += over_time + ranks
     # the fair protocol's LR selection, budgets, Pareto figures, protocol effect (fair_report.py)
-    fair_files, fair_figures, fair_notes = fair_report.write(report.runs, shown, out, str(results))
-    report.files += fair_files
+    fair_files, fair_figures, fair_notes = fair_report.build(report.runs, shown, figure_dir, str(results))
+    report.files += [_write(out / name, content) if isinstance(content, str) else _write_csv(out / name, content)
+                     for name, content in fair_files.items()]
     report.figures += fair_figures
     report.notes += fair_notes
     report.files += report.figures + [path.with_suffix(".pdf") for path in report.figures]

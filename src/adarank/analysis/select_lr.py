@@ -143,15 +143,23 @@ def sensitivity_figures(grid: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
+def outputs(grid: pd.DataFrame, source: str) -> dict[str, str | pd.DataFrame]:
+    """File name -> content (text, or a frame for a .csv) of a selection."""
+    return {SELECTED_FILE: table_yaml(grid, source), "lr_search.md": grid_markdown(grid), "lr_search.csv": grid}
+
+
 def write_selection(runs: pd.DataFrame, out: Path, source: str, setup: str | None = None) -> list[Path]:
     """selected_lr.yaml, lr_search.md/.csv and the sensitivity figures under ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     grid = lr_grid(runs, setup)
-    files = [out / SELECTED_FILE, out / "lr_search.md", out / "lr_search.csv"]
-    files[0].write_text(table_yaml(grid, source))
-    files[1].write_text(grid_markdown(grid))
-    grid.to_csv(files[2], index=False)
+    files = []
+    for name, content in outputs(grid, source).items():
+        files.append(out / name)
+        if isinstance(content, str):
+            files[-1].write_text(content)
+        else:
+            content.to_csv(files[-1], index=False)
     return files + sensitivity_figures(grid, out / "figures")
 
 
