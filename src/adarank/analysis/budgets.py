@@ -69,7 +69,7 @@ def budgets_markdown(budgets: pd.DataFrame) -> str:
             "wall s": part["wall_seconds"].map(lambda v: "–" if pd.isna(v) else f"{v:.1f}"),
             "train tokens": part["tokens_processed"].map(_count),
         })
-        parts += [f"## Setup: {setup}", "", f"Scores: {protocol_note(setup)}.", "", shown.to_markdown(index=False), ""]
+        parts += [f"## Setup: {setup}", "", f"Scores: {protocol_note(setup)}.", "", shown.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(parts) + "\n"
 
 

@@ -95,7 +95,7 @@ def effect_markdown(effect: pd.DataFrame) -> str:
             tau, p = part["kendall_tau"].iloc[0], part["tau_p_value"].iloc[0]
             summary = ("Kendall's τ: n/a (fewer than 2 methods or no spread)" if pd.isna(tau)
                        else f"Kendall's τ = {tau:.2f} (p = {p:.2f}, {int(part['methods'].iloc[0])} methods)")
-            parts += [f"### {task_label(task)}", "", shown.to_markdown(index=False), "", summary, ""]
+            parts += [f"### {task_label(task)}", "", shown.to_markdown(index=False, disable_numparse=True), "", summary, ""]
     return "\n".join(parts) + "\n"
 
 

@@ -114,7 +114,7 @@ def grid_markdown(grid: pd.DataFrame) -> str:
             lr = f"**{row.lr:.3g}**" if row.selected else f"{row.lr:.3g}"
             rows.append({"method": arm_label(row.arm), "LR": lr, "validation": val, "seeds": row.seeds,
                          "test (reading only)": f"{row.test_mean:.2f}"})
-        lines += [f"## {task_label(task)} ({part['primary_metric'].iloc[0]})", "", pd.DataFrame(rows).to_markdown(index=False), ""]
+        lines += [f"## {task_label(task)} ({part['primary_metric'].iloc[0]})", "", pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines) + "\n"
 
 
