@@ -46,9 +46,11 @@ mini: setup
 # the fair protocol's mini reproduction on CPU (docs/fair-protocol.md): MiniLM on real MRPC and STS-B,
 # 5 arms; LR search (seed 0) -> LRs selected on validation -> 5 seeds at them, plus the paper-protocol
 # counterpart (3 seeds); two one-thread jobs at a time; every stage resumable (finished runs are skipped)
+# (MINI_FAIR_ARGS: extra overrides for every stage, e.g. a slice "+sweep/arm=lora +sweep/mini_fair_task=stsb")
 MINI_FAIR ?= results/mini_fair
+MINI_FAIR_ARGS ?=
 MINI_FAIR_RUN = HF_HUB_OFFLINE=1 $(PY) train.py -m results.root=$(MINI_FAIR)/raw data.dir=$(GLUE_DIR) \
-	  hydra/launcher=joblib hydra.launcher.n_jobs=2
+	  hydra/launcher=joblib hydra.launcher.n_jobs=2 $(MINI_FAIR_ARGS)
 mini-fair: setup
 	$(MINI_FAIR_RUN) +sweep=mini_fair_search
 	$(PY) -m adarank.analysis.select_lr $(MINI_FAIR)/raw --out $(MINI_FAIR)
