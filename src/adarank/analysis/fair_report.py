@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from adarank.analysis import budgets, pareto, protocol_effect, select_lr
+from adarank.analysis import budgets, pareto, protocol_effect
 
 
 def build(runs: pd.DataFrame, shown: pd.DataFrame, figure_dir: Path, source: str
           ) -> tuple[dict[str, str | pd.DataFrame], list[Path], list[str]]:
     """(file name -> text or frame, the figures drawn under ``figure_dir``, notes on what is missing)."""
+    # imported here: ``python -m adarank.analysis.select_lr`` must not find it imported by the package
+    from adarank.analysis import select_lr
+
     files: dict[str, str | pd.DataFrame] = {}
     figures: list[Path] = []
     notes: list[str] = []
