@@ -124,6 +124,8 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
     rank = metrics.get("rank") or {}
 
     flat = flatten(config)
+    if not fair:  # the paper protocol is what every run recorded before the key existed ran
+        flat.pop("protocol.name", None)
     lr = lr_record(metrics, config)
     if lr["lr_source"] in ("scale", "table"):  # the protocol chose the LR: compare on the default
         flat[lr["lr_key"]] = lr["lr_default"]
