@@ -381,6 +381,7 @@ def test_figures_show_one_setup_each(tmp_path, monkeypatch):
     assert len(set(setups.values())) == 2
     for drawn in report.drawn:
         assert {setups[run] for run in drawn.runs} == {drawn.setup}, drawn.path.name
+        assert drawn.path.parent == tmp_path / "tables" / "figures" and drawn.path.is_file()  # not the staging folder
         assert drawn.path.stem.endswith("_" + (tables.setup_id(drawn.setup)))
     curves_drawn = [d for d in report.drawn if d.path.name.startswith("learning_curve_rte")]
     assert len(curves_drawn) == 2 and {len(d.runs) for d in curves_drawn} == {4}  # 2 arms x 2 seeds each

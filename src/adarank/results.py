@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -36,6 +37,8 @@ NON_SEMANTIC_KEYS = (
     "train.checkpoint_interval",
     "train.deterministic",
     "results.keep_checkpoint",
+    # the fair protocol's LR table: the LR it gives is written into task.lr / method.lr (protocol.py)
+    "protocol.lr_table",
 )
 # config keys added after runs were recorded, with the value that reproduces the earlier
 # computation: a run at that value keeps the hash it had before the key existed (a key at any
@@ -45,6 +48,7 @@ HASH_NEUTRAL_DEFAULTS: dict[str, object] = {
     # every run recorded so far trained on a CPU, where TF32 does not exist (issue 23)
     "train.tf32": True,
     "train.pad_to_multiple_of": None,
+    "protocol": {"name": "paper"},  # conf/protocol/paper.yaml: the protocol every earlier run used
 }
 # overrides that already name the folder (task/method label/seed) or are not semantic
 IDENTITY_OVERRIDES = ("task", "method", "threshold", "seed") + NON_SEMANTIC_KEYS
@@ -53,6 +57,15 @@ PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "adarank"
 
 def method_label(method: str, threshold: str | None) -> str:
     return f"{method}-{threshold}" if threshold else method
+
+
+def arm_name(method: str, threshold: str | None) -> str:
+    """The sweep-arm name of a run (conf/sweep/arm/): growing methods carry their threshold."""
+    if method == "increlora":
+        return "increlora"  # IncreLoRA only has the fixed-k rule
+    if method == "triadapt":
+        return f"triadapt_{threshold if threshold and threshold != 'none' else 'linear'}"
+    return method
 
 
 def config_hash(cfg) -> str:
@@ -180,7 +193,8 @@ def staged_folder(out: Path, marker: str):
 def writes_folder_whole(marker: str):
     """Decorator for ``write(source, out, ...)`` that writes a whole folder: it writes into
     :func:`staged_folder` and returns its result with every path under the staging folder (in
-    its list attributes, e.g. a report's ``files``) moved to ``out``."""
+    its list attributes, e.g. a report's ``files``, and every ``path`` of the records in them, e.g.
+    its figures ``drawn``) moved to ``out``."""
 
     def decorate(write):
         @functools.wraps(write)
@@ -188,9 +202,14 @@ def writes_folder_whole(marker: str):
             out = Path(out)
             with staged_folder(out, marker) as staging:
                 result = write(source, staging, *args, **kwargs)
+            def moved(path: Path) -> Path:
+                return out / path.relative_to(staging) if path.is_relative_to(staging) else path
+
             for name, value in vars(result).items():
                 if isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
-                    setattr(result, name, [out / v.relative_to(staging) if v.is_relative_to(staging) else v for v in value])
+                    setattr(result, name, [moved(v) for v in value])
+                elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) and isinstance(getattr(v, "path", None), Path) for v in value):
+                    setattr(result, name, [dataclasses.replace(v, path=moved(v.path)) for v in value])  # e.g. figures drawn
             return result
 
         return wrapper
@@ -296,11 +315,14 @@ def metrics_problems(metrics) -> list[str]:
         problems.append(f"threshold {metrics['threshold']!r} is not a name or null")
     if isinstance(metrics["config"], dict) and not metrics["config"]:
         problems.append("config is empty")
-    for section in ("costs", "rank", "best", "final"):
-        if isinstance(metrics[section], dict):
+    for section in ("costs", "rank", "best", "final", "test_at_best_val", "test_at_last"):
+        if isinstance(metrics.get(section), dict):
             read = RANK_NUMBERS if section == "rank" else metrics[section]
-            problems += [f"{section}.{k} is {metrics[section][k]!r}, not a number" for k in read
-                         if metrics[section].get(k) is not None and not _is_number(metrics[section][k])]
+            values = {k: metrics[section].get(k) for k in read}
+            if section == "costs":  # costs.trainable (budget.py): {start|peak|end: {part: count}}
+                values.update(_leaves("trainable", values.pop("trainable", None)))
+            problems += [f"{section}.{k} is {v!r}, not a number" for k, v in values.items()
+                         if v is not None and not _is_number(v)]
     if isinstance(metrics.get("by_rank"), dict):
         problems += [f"by_rank key {k!r} is not a rank" for k in metrics["by_rank"] if not str(k).isdigit()]
     if problems or metrics["status"] != "completed":
@@ -310,6 +332,16 @@ def metrics_problems(metrics) -> list[str]:
         if not _is_number(value) or not math.isfinite(value):
             problems.append(f"{which}.{metrics['primary_metric']} is {value!r}, not a finite number")
     return problems
+
+
+def _leaves(prefix: str, value) -> dict:
+    """``{"a.b.c": leaf}`` of nested dicts (a leaf that is no dict is returned as it is)."""
+    if not isinstance(value, dict):
+        return {} if value is None else {prefix: value}
+    out = {}
+    for key, inner in value.items():
+        out.update(_leaves(f"{prefix}.{key}", inner))
+    return out
 
 
 def _is_number(value) -> bool:

@@ -6,6 +6,7 @@ in-process with a config composed by Hydra's compose API.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,13 +15,14 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from adarank import checks, results, run_folder, schedule_scaling
+from adarank import checks, protocol, results, run_folder, schedule_scaling
+from adarank.budget import TrainableBudget
 from adarank.data import build_task_data, fingerprint
 from adarank.gpu_slots import claim_gpu
 from adarank.methods import method_class
 from adarank.models import apply_positional_query_option, load_model, load_tokenizer
 from adarank.tracking import make_tracker
-from adarank.training import checkpoint
+from adarank.training import best_state, checkpoint
 from adarank.training.loop import Diverged, TrainResult, pick_device, plan_total_steps, train
 
 log = logging.getLogger("adarank")
@@ -34,6 +36,8 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
     """
     wall_start = time.perf_counter()
     threshold = checks.check_static(cfg)
+    protocol.check(cfg, threshold)
+    lr_choice = protocol.apply_lr(cfg, threshold)  # fair: the LR enters the config (and the hash)
     folder = results.run_dir(cfg, threshold, overrides or [])
     done = results.find_complete(folder)
     if done is not None and not cfg.force:
@@ -46,7 +50,7 @@ def run(cfg, overrides: list[str] | None = None) -> dict:
     # only once complete (run_folder.py)
     with run_folder.claim(folder, bool(cfg.force)) as work:
         done = None if cfg.force else results.find_complete(folder)  # finished while we waited
-        return _skip(cfg, done) if done is not None else _run_claimed(cfg, threshold, work, wall_start)
+        return _skip(cfg, done) if done is not None else _run_claimed(cfg, threshold, work, wall_start, lr_choice)
 
 
 def _skip(cfg, done) -> dict:
@@ -61,12 +65,12 @@ def _skip(cfg, done) -> dict:
     return run_folder.Skipped(metrics)
 
 
-def _run_claimed(cfg, threshold, folder, wall_start) -> dict:
+def _run_claimed(cfg, threshold, folder, wall_start, lr_choice=None) -> dict:
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
     _seed_everything(int(cfg.seed))
     tokenizer = load_tokenizer(cfg.model, cfg.data.cache_dir)
-    task_data = build_task_data(cfg.task, cfg.data, cfg.train, tokenizer)
+    task_data = build_task_data(cfg.task, cfg.data, cfg.train, tokenizer, cfg.get("protocol"))
     task_data.info["fingerprint"] = fingerprint.of_run(cfg, task_data.info)
     epochs = cfg.train.epochs or cfg.task.epochs
     total_steps = plan_total_steps(len(task_data.train_dataset), cfg.task.batch_size, epochs, cfg.train.max_steps)
@@ -92,6 +96,7 @@ def _run_claimed(cfg, threshold, folder, wall_start) -> dict:
         try:
             metrics = _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, pick_device(device_name), checkpointer)
             metrics["schedule"] = schedule
+            metrics["protocol"] = {"name": protocol.name(cfg), **({"lr": lr_choice} if lr_choice else {})}
             metrics["costs"]["wall_seconds"] = time.perf_counter() - wall_start - tracker_seconds
             tracker.log_summary(metrics)
             # metrics.json last: its presence marks the run complete
@@ -106,9 +111,14 @@ def _run_claimed(cfg, threshold, folder, wall_start) -> dict:
     if baseline is not None:
         log.info("trivial baseline (a constant prediction): %s %.2f", primary, baseline)
     if metrics["status"] == "completed":
-        log.info("%s: best %s %.2f, final %.2f; wall %.1f s, final total rank %s, trainable params %s",
-                 folder, primary, metrics["best"][primary], metrics["final"][primary], metrics["costs"]["wall_seconds"],
+        log.info("%s: %sbest %s %.2f, final %.2f; wall %.1f s, final total rank %s, trainable params %s",
+                 folder, "validation " if "test_at_best_val" in metrics else "", primary,
+                 metrics["best"][primary], metrics["final"][primary], metrics["costs"]["wall_seconds"],
                  metrics["rank"].get("total_rank", "-"), metrics["costs"]["trainable_params_end"])
+        if "test_at_best_val" in metrics:
+            log.info("fair protocol: validation %s best %.2f at step %d; test (dev) %.2f there, %.2f at the last step",
+                     primary, metrics["best"][primary], metrics["best"]["step"],
+                     metrics["test_at_best_val"][primary], metrics["test_at_last"][primary])
     return metrics
 
 
@@ -137,16 +147,28 @@ def _check_resume(folder, resume: dict, identity: dict, data_dir: str | None) ->
         )
 
 
-def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, device, checkpointer) -> dict:
-    """Build model and method, train, write the per-run files; return the metrics.json content."""
+def _build(cfg, task_data, threshold, device):
+    """The model and method of a run as at step 0; also the ids of the backbone's own parameters."""
     _seed_everything(int(cfg.seed))  # the head's initialisation depends on the seed
     model = load_model(cfg.model, task_data.head, task_data.num_labels, float(cfg.task.cls_dropout), cfg.data.cache_dir)
+    base_ids = {id(p) for p in model.parameters()}
     threshold_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.threshold), "name": threshold or "none"})
     method = method_class(cfg.method.name)(cfg.method, cfg.task, threshold_cfg, cfg.model)
     model = method.prepare(model)
     # DeBERTa's positional query: through the adapter or the frozen weight only (docs/baselines.md P1)
     apply_positional_query_option(model, cfg.model, cfg.task.kind)
     model.to(device)
+    return model, method, base_ids
+
+
+def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, device, checkpointer) -> dict:
+    """Build model and method, train, write the per-run files; return the metrics.json content."""
+    model, method, base_ids = _build(cfg, task_data, threshold, device)
+    budget = TrainableBudget(base_ids, cfg.model.head_modules)
+    fair = protocol.is_fair(cfg)
+    # fair: every evaluation of the loop (periodic, final, the choice of "best") is on the
+    # validation split; the loop never holds the dev evaluator (test_evaluations below)
+    loop_data = dataclasses.replace(task_data, evaluate=task_data.validation) if fair else task_data
     log.info(
         "%s / %s on %s: %d optimizer steps, results in %s",
         cfg.task.name, results.method_label(cfg.method.name, threshold), cfg.model.name, total_steps, folder,
@@ -155,13 +177,15 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
     diverged = None
     with open(folder / "train_log.jsonl", "a" if checkpointer.resume else "w") as train_log:
         try:
-            outcome = train(model, method, task_data, cfg, total_steps, train_log, tracker, device, checkpointer)
+            outcome = train(model, method, loop_data, cfg, total_steps, train_log, tracker, device, checkpointer,
+                            budget=budget, keep_best=fair)
         except Diverged as err:  # a result too: not retried by a resumed sweep (force=true retries)
             log.warning("%s: %s; recorded as status diverged", folder, err)
             diverged = {"step": err.step, "loss": str(err.loss), "last_finite_loss": err.last_finite_loss}
             if err.detected_at is not None:  # the loss is read at check steps: the steps in between ran
                 diverged["detected_at_step"] = err.detected_at
             outcome = TrainResult(costs={"optimizer_steps": err.detected_at or err.step})
+    tests = test_evaluations(cfg, task_data, threshold, device, model, outcome) if fair and not diverged else {}
     # e.g. DyLoRA's evaluation at every rank: methods add whole-dev evaluations after the final one
     extra_evaluations = {} if diverged else method.final_evaluations(model, lambda: task_data.evaluate(model, device, final=True))
     results.write_json_atomic(folder / "rank_pattern.json", method.rank_pattern(model) or {})
@@ -181,6 +205,7 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
         "primary_metric": cfg.task.primary_metric,
         "best": outcome.best,
         "final": outcome.final,
+        **tests,
         **extra_evaluations,
         "evaluations": outcome.evaluations,
         "costs": {"wall_seconds": None, **outcome.costs},
@@ -189,6 +214,24 @@ def _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, d
         "config": OmegaConf.to_container(cfg, resolve=True),
         "provenance": results.provenance(device),
     }
+
+
+def test_evaluations(cfg, task_data, threshold, device, model, outcome) -> dict:
+    """The fair protocol's only dev ("test") evaluations, after training: the last step's model,
+    and the model of the best validation evaluation, rebuilt from its saved trainable state (the
+    same model when the best evaluation is the final one)."""
+    last = {**task_data.evaluate(model, device, final=True), "step": outcome.final["step"]}
+    if outcome.best["step"] == outcome.final["step"]:
+        return {"test_at_best_val": dict(last), "test_at_last": last}
+    if outcome.best_state is None:
+        raise RuntimeError(f"the best validation evaluation is at step {outcome.best['step']} but its state was not kept")
+    rng = checkpoint.capture_rng()  # building draws random numbers; what runs after must not notice
+    chosen, method, _ = _build(cfg, task_data, threshold, device)
+    best_state.restore(chosen, method, outcome.best_state)
+    at_best = {**task_data.evaluate(chosen, device, final=True), "step": outcome.best["step"]}
+    del chosen, method
+    checkpoint.restore_rng(rng)
+    return {"test_at_best_val": at_best, "test_at_last": last}
 
 
 def _resolve_schedule(cfg, total_steps: int, full_train_size: int) -> dict:

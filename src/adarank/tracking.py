@@ -100,7 +100,7 @@ class WandbTracker:
         self.run.log({**scalars, STEP_KEY: step})
 
     def log_summary(self, metrics_json: dict) -> None:
-        for part in ("best", "final", "costs", "rank"):
+        for part in ("best", "final", "test_at_best_val", "test_at_last", "costs", "rank"):
             for key, value in _flatten(metrics_json.get(part) or {}).items():
                 if _is_scalar(value):
                     self.run.summary[f"{part}/{key}"] = value

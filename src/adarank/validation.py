@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 CHECKED_SECTIONS = ("train", "data", "results")
 #: config groups whose keys are compared with the chosen option's file conf/<group>/<choice>.yaml
-CHECKED_GROUPS = ("task", "method", "threshold", "model", "logger")
+CHECKED_GROUPS = ("task", "method", "threshold", "model", "logger")  # protocol: protocol.check
 DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 # key -> minimum (an integer count); None values are allowed only where listed in NULLABLE

@@ -18,7 +18,9 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 REPO_CONF = Path(__file__).resolve().parents[3] / "conf"
-GROUPS = ("task", "method", "threshold", "model")
+GROUPS = ("task", "method", "threshold", "model", "protocol")
+#: groups a run recorded before they existed lacks: the option it ran with
+IMPLICIT = {"protocol": "paper"}
 _CACHE: dict[tuple, dict | None] = {}
 
 
@@ -39,6 +41,7 @@ class DefaultConfigs:
         return _CACHE[key]
 
     def _build(self, choices: dict[str, str]) -> dict | None:
+        choices = {**IMPLICIT, **choices}
         primary = self.conf_dir / "config.yaml"
         files = {group: self.conf_dir / group / f"{name}.yaml" for group, name in choices.items()}
         if not primary.is_file() or not all(path.is_file() for path in files.values()):
@@ -72,7 +75,7 @@ class DefaultConfigs:
 
 def _group_name(run_config: dict, group: str) -> str | None:
     node = run_config.get(group)
-    return node.get("name") if isinstance(node, dict) else None
+    return node.get("name") if isinstance(node, dict) else IMPLICIT.get(group)
 
 
 def _plain(path: Path) -> bool:

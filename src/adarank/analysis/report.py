@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from adarank.analysis import costs as cost_table
-from adarank.analysis import curves, dylora_ranks, figures, tables
+from adarank.analysis import curves, dylora_ranks, fair_report, figures, tables
 from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.runs import load_runs
 from adarank.results import writes_folder_whole
@@ -134,6 +134,11 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
             kinds["Figures 3-5"] += figures.sensitivity_figure(runs, name, figure_dir)
         kinds["learning curves"] += curves.learning_curves(runs, figure_dir)
         kinds["rank over time"] += curves.rank_over_time(runs, figure_dir)
+    # the fair protocol's LR selection, budgets, Pareto figures, protocol effect (fair_report.py)
+    fair_files, fair_drawn, fair_notes = fair_report.build(report.runs, shown, figure_dir, str(results))
+    report.files += [_write(out / name, content) if isinstance(content, str) else _write_csv(out / name, content)
+                     for name, content in fair_files.items()]
+    report.notes += fair_notes
     missing = {  # why a kind of figure was not drawn (Figure 2's reason reads every rank pattern: only when needed)
         "Figure 2": lambda: figures.figure2_note(report.runs, report.setups),
         "Figures 3-5": lambda: "Figures 3-5: no growing arm has runs at two or more values of init_warmup, "
@@ -146,6 +151,7 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
         if not drawn:
             report.notes.append(missing[kind]())
         report.drawn += drawn
+    report.drawn += fair_drawn
     report.figures = [d.path for d in report.drawn]
     if report.drawn:
         report.files.append(_write(figure_dir / "captions.md", captions_markdown(report.drawn)))

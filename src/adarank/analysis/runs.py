@@ -38,7 +38,7 @@ import pandas as pd
 from adarank.analysis.defaults import DefaultConfigs
 from adarank.analysis.paper import load_paper
 from adarank.analysis.relevance import matters, shared
-from adarank.results import NON_SEMANTIC_KEYS, metrics_problems
+from adarank.results import NON_SEMANTIC_KEYS, arm_name, metrics_problems
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +63,6 @@ IGNORED_KEYS = tuple(k for k in NON_SEMANTIC_KEYS if "." in k)
 
 class NoResultsError(RuntimeError):
     """The results tree holds no finished run."""
-
-
-def arm_name(method: str, threshold: str | None) -> str:
-    """The sweep-arm name of a run: growing methods carry their threshold."""
-    if method == "increlora":
-        return "increlora"  # IncreLoRA only has the fixed-k rule
-    if method == "triadapt":
-        return f"triadapt_{threshold if threshold and threshold != 'none' else 'linear'}"
-    return method
 
 
 BAD_FILE = "metrics.json unreadable or not a run of this harness (see the warnings)"
@@ -136,14 +127,23 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
         model = model.get("name")
     model = model or _get(config, "model.name") or "unknown"
     primary = metrics.get("primary_metric") or _get(config, "task.primary_metric")
-    best = metrics.get("best") or {}
-    final = metrics.get("final") or {}
+    fair = protocol_of(metrics) == "fair"
+    # fair: "best"/"final" are validation evaluations; the reported (test) scores are dev's at the
+    # best-validation checkpoint and at the last step (docs/fair-protocol.md)
+    validation = metrics.get("best") or {}
+    best = (metrics.get("test_at_best_val") if fair else metrics.get("best")) or {}
+    final = (metrics.get("test_at_last") if fair else metrics.get("final")) or {}
     costs = metrics.get("costs") or {}
     rank = metrics.get("rank") or {}
 
     flat = flatten(config)
     reference = defaults.reference(config)
     ref_flat = flatten(reference) if reference is not None else {}
+    if not fair:  # the paper protocol is what every run recorded before the key existed ran
+        flat.pop("protocol.name", None)
+    lr = lr_record(metrics, config)
+    if lr["lr_source"] in ("scale", "table"):  # the protocol chose the LR: compare on the default
+        flat[lr["lr_key"]] = lr["lr_default"]
     schedule = metrics.get("schedule") or {}
     if schedule.get("mode") == "scaled":  # compare on the paper's values the scaling started from
         for key, change in (schedule.get("values") or {}).items():
@@ -166,6 +166,9 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
         "score": _number(best.get(primary)),
         "final_score": _number(final.get(primary)),
         "best_step": best.get("step"),
+        "protocol": "fair" if fair else "paper",
+        "val_score": _number(validation.get(primary)) if fair else None,
+        **lr,
         "best": {k: v for k, v in best.items() if k != "step"},
         "final": {k: v for k, v in final.items() if k != "step"},
         "total_rank": _number(rank.get("total_rank")),
@@ -186,6 +189,10 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
         "trainable_params_end",
     ):
         record[key] = _number(costs.get(key))
+    record["tokens_processed"] = _number(costs.get("tokens_processed"))
+    for when, counts in (costs.get("trainable") or {}).items():  # budget.py: start / peak / end
+        for part, value in (counts or {}).items():
+            record[f"trainable_{when}_{part}"] = _number(value)
     for key, column in AXES.items():
         record[f"{column}_relevant"] = matters(key, method)
         if not record[f"{column}_relevant"]:  # e.g. LoRA's init_warmup: not part of its experiment
@@ -199,7 +206,9 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
         else:  # no composable default: compare with the paper's setting
             record[f"{column}_changed"] = key in flat and fallback is not None and not _same(fallback, value)
     other = {} if diffs is None else {k: v for k, v in diffs.items() if k not in AXES}
-    label_keys = {k: v for k, v in other.items() if shared(k)}
+    label_keys = {k: v for k, v in other.items() if shared(k) and k != "protocol.lr_scale"}
+    if fair:  # the protocol, and how it set the LR, are part of the setup (never mixed in a cell)
+        label_keys.update(protocol_label(lr))
     record["run_steps"] = None
     if str(other.get("train.schedule")) == "scaled" and "train.max_steps" in label_keys:
         # a scaled sweep may give each task its own length: settle_run_length fills this in
@@ -214,8 +223,51 @@ def run_record(folder: Path, metrics: dict, defaults: DefaultConfigs) -> dict[st
     record["method_settings"] = ", ".join(f"{k}={v}" for k, v in sorted(specific.items()))
     semantic = {k: v for k, v in flat.items() if not _ignored(k)}
     semantic["seed"] = record["seed"]
+    semantic["lr_used"] = lr["lr"]
     record["identity"] = json.dumps(semantic, sort_keys=True, default=str)
     return record
+
+
+def protocol_of(metrics: dict) -> str:
+    """``paper`` or ``fair`` (runs recorded before the protocols existed: ``paper``)."""
+    recorded = metrics.get("protocol") or {}
+    configured = (metrics.get("config") or {}).get("protocol") or {}
+    return str(recorded.get("name") or configured.get("name") or "paper")
+
+
+def lr_record(metrics: dict, config: dict) -> dict[str, Any]:
+    """The peak LR a run trained at and where it came from: ``scale`` (the fair protocol's
+    ``lr_scale`` x the default: an LR search), ``table`` (an LR table), ``config`` (as configured)."""
+    chosen = (metrics.get("protocol") or {}).get("lr") or {}
+    key = chosen.get("key") or ("method.lr" if _get(config, "method.lr") is not None else "task.lr")
+    return {
+        "lr": _number(_get(config, key)),
+        "lr_key": key,
+        "lr_source": chosen.get("source", "config"),
+        "lr_scale": _number(chosen.get("scale", 1.0)),
+        "lr_default": _number(chosen.get("default", _get(config, key))),
+    }
+
+
+#: the setup-label part of a fair run's LR (select_lr groups an LR search's runs without it)
+LR_LABEL = "lr"
+
+
+def protocol_label(lr: dict) -> dict[str, str]:
+    """The setup-label parts of a fair run: the protocol, and the LR when the protocol set it."""
+    parts = {"protocol": "fair"}
+    if lr["lr_source"] == "table":
+        parts[LR_LABEL] = "selected on validation"
+    elif lr["lr_source"] == "scale" and lr["lr_scale"] != 1:
+        parts[LR_LABEL] = f"{lr['lr_scale']:g}x default"
+    return parts
+
+
+def protocol_note(setup: str) -> str:
+    """What a table's numbers are under the setup's protocol (every table heading says it)."""
+    if "protocol=fair" in setup:
+        return "fair protocol: dev (test) score at the checkpoint chosen on a validation split held out of train"
+    return "paper protocol: the best of the periodic dev evaluations"
 
 
 def paper_axis_default(key: str, task: str | None, method: str | None) -> Any:

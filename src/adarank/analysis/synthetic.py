@@ -103,6 +103,35 @@ def fake_run(
     return folder
 
 
+def fake_fair_run(root: str | Path, task: str, method: str, seed: int, test_score: float, val_score: float,
+                  lr: float, *, lr_scale: float = 1.0, source: str = "scale", threshold: str | None = None,
+                  model: str = "deberta_v3_base", costs: dict | None = None, overrides: dict | None = None) -> Path:
+    """One finished run of the fair protocol (docs/fair-protocol.md): ``best``/``final`` on the
+    validation split (``val_score``), ``test_at_best_val`` / ``test_at_last`` on dev, the LR
+    ``lr`` set by ``lr_scale`` x the default (``source="scale"``, an LR search) or by a table
+    (``"table"``); the default is the repository's (conf/task, conf/method/full.yaml)."""
+    from omegaconf import OmegaConf
+
+    from adarank.analysis.defaults import REPO_CONF
+
+    key = "method.lr" if method == "full" else "task.lr"
+    group, name = ("method", "full") if method == "full" else ("task", task)
+    default_lr = float(OmegaConf.load(REPO_CONF / group / f"{name}.yaml").lr)
+    protocol = {"name": "fair", "split_seed": 0, "val_size": 0.1, "val_max": 2000, "lr_scale": lr_scale,
+                "lr_table": "selected_lr.yaml" if source == "table" else None}
+    folder = fake_run(root, task, method, seed, val_score, threshold, model=model, costs=costs,
+                      overrides={**(overrides or {}), key: lr, **{f"protocol.{k}": v for k, v in protocol.items()}})
+    path = folder / "metrics.json"
+    metrics = json.loads(path.read_text())
+    primary = metrics["primary_metric"]
+    metrics["protocol"] = {"name": "fair", "lr": {"key": key, "default": default_lr, "scale": lr_scale,
+                                                  "value": lr, "source": source}}
+    metrics["test_at_best_val"] = {primary: test_score, "step": 100}
+    metrics["test_at_last"] = {primary: test_score - 1.0, "step": 200}
+    path.write_text(json.dumps(metrics, indent=2))
+    return folder
+
+
 def layered_pattern(layers: int, rank_of, prefix: str = "deberta.encoder.layer") -> dict:
     """{module name: rank} for ``layers`` layers x the six weight types, rank_of(layer, weight type)."""
     return {

@@ -26,7 +26,7 @@ import pandas as pd
 
 from adarank.analysis import latex
 from adarank.analysis.paper import glue_tasks, load_paper, paper_avg, paper_cell, task_label
-from adarank.analysis.runs import AXES, PAPER_MODEL, PAPER_SETUP
+from adarank.analysis.runs import AXES, PAPER_MODEL, PAPER_SETUP, protocol_note
 
 EXPECTED_SEEDS = 3
 AVG = "avg"
@@ -400,8 +400,8 @@ def _clean(rec: dict) -> dict:
 
 def setup_heading(setup: str) -> str:
     if setup == PAPER_SETUP:
-        return "Paper setup (DeBERTaV3-base, Table V/VI hyperparameters)"
-    return f"Setup {setup_id(setup)} ({setup}): not comparable with the paper's numbers"
+        return f"Paper setup (DeBERTaV3-base, Table V/VI hyperparameters; {protocol_note(setup)})"
+    return f"Setup {setup_id(setup)} ({setup}): not comparable with the paper's numbers; {protocol_note(setup)}"
 
 
 def to_markdown(tidy: pd.DataFrame, table: str, left: pd.DataFrame | None = None) -> str:

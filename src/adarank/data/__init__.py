@@ -22,9 +22,13 @@ class TaskData:
     head: str  # "sequence_classification" | "question_answering"
     num_labels: int
     info: dict = field(default_factory=dict)  # e.g. {"train_examples": n, "dev_examples": m}
+    #: the fair protocol only: ``evaluate``'s twin on the validation split held out of the training
+    #: set (data/split.py), the split every choice of the run is made on; None under ``paper``
+    validation: Callable[..., dict[str, float]] | None = None
 
 
-def build_task_data(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
+def build_task_data(task_cfg, data_cfg, train_cfg, tokenizer, protocol_cfg=None) -> TaskData:
+    """``protocol_cfg`` (the fair protocol) carves a validation split out of the training set."""
     if task_cfg.kind == "glue":
         from adarank.data.glue import load_glue_task as load
     elif task_cfg.kind == "squad_v2":
@@ -33,6 +37,9 @@ def build_task_data(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
         raise ValueError(f"unknown task kind {task_cfg.kind!r}")
     from adarank.training.precision import InPrecision
 
-    data = load(task_cfg, data_cfg, train_cfg, tokenizer)
-    data.evaluate = InPrecision(data.evaluate, str(train_cfg.precision))  # evaluation in the training precision
+    data = load(task_cfg, data_cfg, train_cfg, tokenizer, protocol_cfg)
+    # evaluation in the training precision, on dev and (fair protocol) on the validation split
+    data.evaluate = InPrecision(data.evaluate, str(train_cfg.precision))
+    if data.validation is not None:
+        data.validation = InPrecision(data.validation, str(train_cfg.precision))
     return data

@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from adarank.data import TaskData
+from adarank.data import split as splitting
 from adarank.metrics.glue import glue_metrics
 
 csv.field_size_limit(1 << 24)
@@ -239,11 +241,14 @@ def predict(model, dataset, collate, device, batch_size: int, regression: bool) 
     return torch.cat(outputs).cpu().numpy()
 
 
-def load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
+def load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer, protocol_cfg=None) -> TaskData:
     if task_cfg.name not in TSV_LAYOUTS:
         raise GlueDataError(f"unknown GLUE task {task_cfg.name!r}; choose one of {sorted(TSV_LAYOUTS)}")
     raw = load_local(task_cfg, data_cfg.dir) if data_cfg.dir else load_hub(task_cfg, data_cfg.cache_dir)
     regression = task_cfg.num_labels == 1
+    held_out = None
+    if splitting.is_fair(protocol_cfg):  # the fair protocol's validation split, carved from train first
+        raw["train"], held_out, split_info = carve_validation(raw["train"], protocol_cfg, regression)
     full_train_size = len(raw["train"].labels)
     if train_cfg.max_train_samples:
         raw["train"] = Examples(raw["train"].texts[: train_cfg.max_train_samples], raw["train"].labels[: train_cfg.max_train_samples], raw["train"].fingerprint)
@@ -256,16 +261,21 @@ def load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
     train = tokenize(raw["train"], tokenizer, task_cfg.max_seq_length, regression)
     collate = make_collate(tokenizer, train_cfg.get("pad_to_multiple_of"))
 
-    def evaluate(model, device, final: bool = True) -> dict[str, float]:
-        metrics = {}
-        for split, dataset in eval_sets.items():
-            preds = predict(model, dataset, collate, device, train_cfg.eval_batch_size, regression)
-            refs = [feature["labels"] for feature in dataset.features]
-            prefix = split_prefix(task_cfg, split)
-            for name, value in glue_metrics(task_cfg.name, preds, refs).items():
-                metrics[prefix + name] = value
-        return metrics
+    def evaluator(sets: dict) -> Callable[..., dict[str, float]]:
+        """Metrics over ``{metric-name prefix: dataset}``."""
 
+        def evaluate(model, device, final: bool = True) -> dict[str, float]:
+            metrics = {}
+            for prefix, dataset in sets.items():
+                preds = predict(model, dataset, collate, device, train_cfg.eval_batch_size, regression)
+                refs = [feature["labels"] for feature in dataset.features]
+                for name, value in glue_metrics(task_cfg.name, preds, refs).items():
+                    metrics[prefix + name] = value
+            return metrics
+
+        return evaluate
+
+    evaluate = evaluator({split_prefix(task_cfg, split): dataset for split, dataset in eval_sets.items()})
     info = {
         "train_examples": len(train),
         "full_train_size": full_train_size,  # before max_train_samples: sets train.schedule=scaled's T_paper
@@ -279,7 +289,29 @@ def load_glue_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
         info["majority_class_accuracy"] = majority
     info["trivial_baseline"] = trivial_baseline(task_cfg.name, dev_labels, regression)
     info["trivial_baseline_examples"] = len(dev_labels)  # the scored examples it was computed on
-    return TaskData(train, collate, evaluate, "sequence_classification", task_cfg.num_labels, info)
+    validation = None
+    if held_out is not None:
+        validation = evaluator({"": tokenize(held_out, tokenizer, task_cfg.max_seq_length, regression)})
+        info["validation_split"] = {**split_info, "trivial_baseline": trivial_baseline(task_cfg.name, held_out.labels, regression)}
+    return TaskData(train, collate, evaluate, "sequence_classification", task_cfg.num_labels, info, validation)
+
+
+def carve_validation(train: Examples, protocol_cfg, regression: bool) -> tuple[Examples, Examples, dict]:
+    """(training part, validation part, the split's description): stratified by label (STS-B: by
+    its score rounded to an integer), data/split.py. Ids: 0-based example rows of the train file."""
+    strata = [splitting.score_stratum(y) for y in train.labels] if regression else list(train.labels)
+    try:
+        size = splitting.validation_size(len(strata), float(protocol_cfg.val_size), protocol_cfg.val_max)
+    except splitting.SplitError as err:
+        raise GlueDataError(str(err)) from None
+    held = splitting.stratified_indices(strata, size, int(protocol_cfg.split_seed))
+    kept = splitting.complement(held, len(strata))
+
+    def part(indices):
+        return Examples([train.texts[i] for i in indices], [train.labels[i] for i in indices], train.fingerprint)
+
+    info = splitting.describe(protocol_cfg, held, len(kept), [strata[i] for i in held])
+    return part(kept), part(held), info
 
 
 def trivial_baseline(task: str, labels, regression: bool) -> dict[str, float]:

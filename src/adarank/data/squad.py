@@ -41,8 +41,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from adarank.data import TaskData
+from adarank.data import split as splitting
 from adarank.data.qa_postprocess import QuestionAggregator, best_spans_in_windows
 from adarank.metrics.squad_v2 import squad_v2_scores
 
@@ -69,6 +71,8 @@ class SquadExamples:
     contexts: list[str] = field(default_factory=list)
     answers: list[dict] = field(default_factory=list)  # {"text": [...], "answer_start": [...]}
     fingerprint: str | None = None  # the hub split's datasets fingerprint (data/fingerprint.py)
+    # each question's article (the fair protocol's split); metadata, not part of an example's identity
+    titles: list[str] = field(default_factory=list, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -80,6 +84,7 @@ class SquadExamples:
             [self.questions[i] for i in indices],
             [self.contexts[i] for i in indices],
             [self.answers[i] for i in indices],
+            titles=[self.titles[i] for i in indices] if self.titles else [],
         )
 
     def head(self, n: int | None) -> "SquadExamples":
@@ -96,10 +101,11 @@ def read_squad_json(path: str) -> SquadExamples:
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise SquadDataError(f"{path} is not a SQuAD JSON file ({type(err).__name__}: {err})") from err
     examples = SquadExamples()
-    for article in articles:
+    for number, article in enumerate(articles):
         for paragraph in article["paragraphs"]:
             context = paragraph["context"]
             for qa in paragraph["qas"]:
+                examples.titles.append(str(article.get("title", number)))
                 golds = [] if qa.get("is_impossible") else qa.get("answers", [])
                 examples.ids.append(str(qa["id"]))
                 examples.questions.append(qa["question"])
@@ -152,7 +158,7 @@ def load_hub(task_cfg, cache_dir=None) -> dict[str, SquadExamples]:
             for a in rows["answers"]
         ]
         out[split] = SquadExamples(list(rows["id"]), list(rows["question"]), list(rows["context"]), answers,
-                                   getattr(rows, "_fingerprint", None))
+                                   getattr(rows, "_fingerprint", None), list(rows["title"]))
     return out
 
 
@@ -441,9 +447,13 @@ class SquadEvaluator:
 # entry point
 
 
-def load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
-    """SQuAD 2.0 TaskData: training windows with start/end labels, and the dev evaluator."""
+def load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer, protocol_cfg=None) -> TaskData:
+    """SQuAD 2.0 TaskData: training windows with start/end labels, and the dev evaluator (under
+    the fair protocol also the evaluator of the validation articles held out of train)."""
     raw = load_local(task_cfg, data_cfg.dir) if data_cfg.get("dir") else load_hub(task_cfg, data_cfg.get("cache_dir"))
+    held_out = None
+    if splitting.is_fair(protocol_cfg):
+        raw["train"], held_out, split_info = carve_validation(raw["train"], protocol_cfg)
     train_examples = raw["train"].head(train_cfg.get("max_train_samples"))
     dev_all = raw["validation"]
     dev_examples = dev_all.head(train_cfg.get("max_eval_samples"))
@@ -466,6 +476,12 @@ def load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
     }
     if not data_cfg.get("dir"):
         info["hub_fingerprint"] = {split: examples.fingerprint for split, examples in raw.items()}
+    validation = None
+    if held_out is not None:  # every periodic evaluation scores all validation questions
+        val_windows = cached_windows(held_out, tokenizer, max_length, int(task_cfg.doc_stride), cache_dir)
+        whole = OmegaConf.merge(task_cfg, {"periodic_eval_max_examples": None})
+        validation = SquadEvaluator(held_out, val_windows, whole, int(train_cfg.eval_batch_size), collate)
+        info["validation_split"] = split_info
     return TaskData(
         train_dataset=WindowDataset(train_windows, with_labels=True),
         collate=collate,
@@ -473,4 +489,21 @@ def load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer) -> TaskData:
         head="question_answering",
         num_labels=2,
         info=info,
+        validation=validation,
     )
+
+
+def carve_validation(train: SquadExamples, protocol_cfg) -> tuple[SquadExamples, SquadExamples, dict]:
+    """(training part, validation part, the split's description): whole articles (data/split.py)."""
+    titles = train.titles or ["(untitled)"] * len(train)
+    try:
+        size = splitting.validation_size(len(train), float(protocol_cfg.val_size), protocol_cfg.val_max)
+        held = splitting.grouped_indices(titles, size, int(protocol_cfg.split_seed))
+    except splitting.SplitError as err:
+        raise SquadDataError(str(err)) from None
+    kept = splitting.complement(held, len(train))
+    info = splitting.describe(protocol_cfg, [train.ids[i] for i in held], len(kept))
+    info["articles"] = sorted({titles[i] for i in held})
+    rest = train.subset(kept)
+    rest.fingerprint = train.fingerprint  # the file's identity (data.fingerprint), not the part's
+    return rest, train.subset(held), info

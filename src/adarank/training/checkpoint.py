@@ -16,7 +16,9 @@ continue the same computation:
   checkpoint (restored onto the current device, whatever its index and however many are visible);
 * ``loop``: the step, the data loader generator's state at the start of the current epoch and the
   number of batches already drawn in it, best evaluation, evaluation count, the train-log offset
-  (the log is truncated to it on resume), step timings and train seconds so far;
+  (the log is truncated to it on resume), step timings and train seconds so far, tokens and the
+  trainable-parameter peak so far, and under the fair protocol the trainable state of the best
+  evaluation (training/best_state.py);
 * ``config_hash`` and ``data_fingerprint``: what the run is (run.py refuses to resume a checkpoint
   whose data or config differ from the rerun's).
 
@@ -84,6 +86,9 @@ class LoopState:
     step_seconds: list = field(default_factory=list)
     train_seconds: float = 0.0
     trainable_start: int = 0
+    best_state: dict | None = None  # the fair protocol's best trainable state (training/best_state.py)
+    tokens: int = 0  # training tokens processed so far
+    trainable_peak: dict | None = None  # budget.py's peak count so far
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from adarank.budget import TrainableBudget
 from adarank.models import count_trainable
-from adarank.training import precision
+from adarank.training import best_state, precision
 from adarank.training.batches import TrainBatches
 from adarank.training.checkpoint import Checkpointer, LoopState
 from adarank.training.context import StepContext
@@ -84,6 +85,7 @@ class TrainResult:
     final: dict = field(default_factory=dict)
     evaluations: int = 0
     costs: dict = field(default_factory=dict)
+    best_state: dict | None = None  # keep_best: the trainable state at the best evaluation (best_state.py)
 
 
 class Progress:
@@ -139,21 +141,29 @@ def optimization_step(method, model, optimizer, scheduler, loss, step: int, tota
     optimizer.zero_grad(set_to_none=True)
 
 
-def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, device, checkpointer=None) -> TrainResult:
-    """Train ``model`` for ``total_steps`` optimizer steps; return best/final dev metrics and costs.
+def train(model, method, task_data, cfg, total_steps: int, train_log, tracker, device, checkpointer=None,
+          budget=None, keep_best: bool = False) -> TrainResult:
+    """Train ``model`` for ``total_steps`` optimizer steps; return best/final metrics and costs.
 
-    ``train_log`` is an open text file receiving one JSON line per log or evaluation event.
-    ``checkpointer`` (training/checkpoint.py): writes checkpoints, resumes from one, and turns
-    SIGINT into :class:`Interrupted` after a checkpoint of the last finished step. The run's
-    numeric flags (TF32, deterministic kernels; training/precision.py) hold while it trains.
+    ``task_data.evaluate`` gives the periodic and final evaluations (the dev set under the paper
+    protocol, the validation split under the fair one, see run.py). ``train_log`` is an open text
+    file receiving one JSON line per log or evaluation event. ``checkpointer``
+    (training/checkpoint.py): writes checkpoints, resumes from one, and turns SIGINT into
+    :class:`Interrupted` after a checkpoint of the last finished step. ``budget`` counts trainable
+    parameters (budget.py); ``keep_best`` keeps the trainable state of the best evaluation
+    (``TrainResult.best_state``, in checkpoints too). The run's numeric flags (TF32, deterministic
+    kernels; training/precision.py) hold while it trains.
     """
     tcfg = cfg.train
     with precision.numeric_flags(device, bool(tcfg.get("tf32", True)), bool(tcfg.get("deterministic", False))):
-        return _train(model, method, task_data, cfg, total_steps, train_log, tracker, device, checkpointer)
+        return _train(model, method, task_data, cfg, total_steps, train_log, tracker, device, checkpointer,
+                      budget, keep_best)
 
 
-def _train(model, method, task_data, cfg, total_steps: int, train_log, tracker, device, checkpointer=None) -> TrainResult:
+def _train(model, method, task_data, cfg, total_steps: int, train_log, tracker, device, checkpointer=None,
+           budget=None, keep_best: bool = False) -> TrainResult:
     checkpointer = checkpointer or Checkpointer(".", 0)
+    budget = budget or TrainableBudget()
     task, tcfg = cfg.task, cfg.train
     primary = task.primary_metric
     eval_interval = int(tcfg.eval_interval or task.eval_interval)
@@ -175,13 +185,16 @@ def _train(model, method, task_data, cfg, total_steps: int, train_log, tracker, 
     autocast = precision.autocast(device, str(tcfg.precision))
     result = TrainResult()
     trainable_start = count_trainable(model)
+    budget.observe(model)  # before a resume's regrowth: the structure at step 0
     step_seconds: list[float] = []
     resumed = checkpointer.restore(model, method, optimizer, scheduler)
-    step, skip, seconds_before = 0, 0, 0.0
+    step, skip, seconds_before, tokens = 0, 0, 0.0, 0
     if resumed is not None:
         step, skip, seconds_before = resumed.step, resumed.batches_in_epoch, resumed.train_seconds
         generator.set_state(resumed.epoch_generator_state)
         result.best, result.evaluations = resumed.best, resumed.evaluations
+        result.best_state, tokens = resumed.best_state, resumed.tokens
+        budget.keep_peak(resumed.trainable_peak)
         step_seconds, trainable_start = list(resumed.step_seconds), resumed.trainable_start
         train_log.truncate(resumed.train_log_offset)
         train_log.seek(resumed.train_log_offset)
@@ -204,6 +217,9 @@ def _train(model, method, task_data, cfg, total_steps: int, train_log, tracker, 
         whole_dev = metrics.get("eval_examples", 0) >= metrics.get("dev_examples", 0)
         if whole_dev and (not result.best or metrics[primary] > result.best[primary]):
             result.best = {**metrics, "step": step}
+            if keep_best:
+                result.best_state = best_state.snapshot(model, method)
+        budget.observe(model)
         best = f" (best {result.best[primary]:.2f})" if result.best else ""
         progress.note(f"eval at step {step}: {primary} {metrics[primary]:.2f}{best}")
         return metrics
@@ -230,6 +246,8 @@ def _train(model, method, task_data, cfg, total_steps: int, train_log, tracker, 
                 drawn += 1
                 if drawn <= skip:  # drawn before the checkpoint this run resumed from
                     continue
+                # tokens of the batch, counted on the host copy (no device read-back)
+                tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
                 timer.start()
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with autocast:
@@ -262,6 +280,7 @@ def _train(model, method, task_data, cfg, total_steps: int, train_log, tracker, 
                     checkpointer.save(model, method, optimizer, scheduler, LoopState(
                         step, epoch_state, drawn, result.best, result.evaluations, train_log.tell(),
                         step_seconds, seconds_before + time.perf_counter() - start, trainable_start,
+                        best_state=result.best_state, tokens=tokens, trainable_peak=budget.peak,
                     ))
                 if checkpointer.stopping:  # SIGINT or a SLURM timeout/preemption signal
                     progress.close()
@@ -279,5 +298,7 @@ def _train(model, method, task_data, cfg, total_steps: int, train_log, tracker, 
         "peak_memory_mb": peak_memory_mb(device),
         "trainable_params_start": trainable_start,
         "trainable_params_end": count_trainable(model),
+        "trainable": budget.summary(model),
+        "tokens_processed": tokens,  # non-padding tokens of the training batches
     }
     return result

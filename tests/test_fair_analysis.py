@@ -1,0 +1,173 @@
+"""The fair protocol's analysis (issue 26 §2-3): LR selection on validation only, tables that never
+mix the protocols, the protocol-effect table with Kendall's tau, budgets and Pareto fronts, and the
+whole LR search -> selection -> 5-seed sweep through the real entrypoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from adarank import protocol
+from adarank.analysis import figures, pareto, protocol_effect, select_lr, tables
+from adarank.analysis.budgets import build_budgets
+from adarank.analysis.runs import load_runs
+from adarank.analysis.synthetic import fake_fair_run, fake_run
+from adarank.analysis.tables import build_table
+from tests.conftest import REPO
+
+RTE_LR = 1.2e-3  # conf/task/rte.yaml
+
+
+def search_tree(root: Path) -> Path:
+    """An LR search on RTE: validation and test disagree on purpose (test would pick 0.5x)."""
+    grid = {  # arm -> [(scale, validation, test)]
+        "lora": [(0.5, 70.0, 80.0), (1.0, 75.0, 71.0), (2.0, 72.0, 79.0)],
+        "adalora": [(0.5, 66.0, 60.0), (1.0, 66.0, 70.0), (2.0, 61.0, 75.0)],  # a tie: the smaller LR
+    }
+    for arm, points in grid.items():
+        for scale, val, test in points:
+            fake_fair_run(root, "rte", arm, 0, test, val, RTE_LR * scale, lr_scale=scale)
+    return root
+
+
+def test_the_selected_lr_is_the_validation_argmax_never_the_test_one(tmp_path):
+    runs = load_runs(search_tree(tmp_path / "raw"))
+    grid = select_lr.lr_grid(runs)
+    assert select_lr.selected(grid) == {"rte": {"lora": pytest.approx(RTE_LR), "adalora": pytest.approx(RTE_LR * 0.5)}}
+    assert len(grid) == 6 and set(grid["seeds"]) == {1}
+    # the CLI writes a table protocol.lr_table reads back
+    out = tmp_path / "tables"
+    assert select_lr.main([str(tmp_path / "raw"), "--out", str(out)]) == 0
+    table = protocol.read_lr_table(out / "selected_lr.yaml")
+    assert table == {("rte", "lora"): pytest.approx(RTE_LR), ("rte", "adalora"): pytest.approx(RTE_LR * 0.5)}
+    content = yaml.safe_load((out / "selected_lr.yaml").read_text())
+    assert {round(lr, 8): val for lr, val in content["validation"]["rte"]["lora"].items()} == {
+        round(RTE_LR * 0.5, 8): 70.0, round(RTE_LR, 8): 75.0, round(RTE_LR * 2, 8): 72.0}
+    setup_id = tables.setup_id(grid["setup"].iloc[0])  # one figure per task of the searched setup, named by it
+    assert (out / "figures" / f"lr_sensitivity_rte_{setup_id}.png").is_file()
+    assert (out / "figures" / f"lr_sensitivity_rte_{setup_id}.pdf").is_file()
+    assert "**0.0012**" in (out / "lr_search.md").read_text()
+
+
+def test_final_runs_are_not_search_runs_and_several_searches_need_a_setup(tmp_path):
+    root = search_tree(tmp_path / "raw")
+    fake_fair_run(root, "rte", "lora", 1, 77.0, 74.0, RTE_LR, source="table")  # a final-stage run
+    assert len(select_lr.search_runs(load_runs(root))) == 6
+    fake_fair_run(root, "rte", "lora", 0, 70.0, 70.0, RTE_LR, lr_scale=1.0, model="minilm")
+    with pytest.raises(select_lr.SelectionError, match="several setups; choose one with --setup"):
+        select_lr.lr_grid(load_runs(root))
+    assert select_lr.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+
+
+def protocols_tree(root: Path) -> Path:
+    """RTE and MRPC, three arms, paper runs (3 seeds) and fair runs at selected LRs (5 seeds)."""
+    paper = {"lora": 80.0, "adalora": 78.0, "triadapt": 82.0}
+    fair = {"lora": 79.0, "adalora": 81.0, "triadapt": 80.0}  # the ranking changes under the fair protocol
+    for task in ("rte", "mrpc"):
+        for arm, score in paper.items():
+            threshold = "linear" if arm == "triadapt" else None
+            for seed in range(3):
+                fake_run(root, task, arm, seed, score + seed, threshold,
+                         costs={"trainable": {"start": {"adapter": 10, "head": 5, "other": 0, "total": 15},
+                                              "peak": {"adapter": 30, "head": 5, "other": 0, "total": 35},
+                                              "end": {"adapter": 30, "head": 5, "other": 0, "total": 35}}})
+            for seed in range(1, 6):
+                fake_fair_run(root, task, arm, seed, fair[arm] + seed, 60.0, 2e-3, source="table", threshold=threshold)
+    return root
+
+
+def test_tables_never_mix_the_protocols(tmp_path):
+    runs = load_runs(protocols_tree(tmp_path / "raw"))
+    assert sorted(runs.groupby("setup")["protocol"].agg(lambda p: tuple(sorted(set(p)))).tolist()) == [("fair",), ("paper",)]
+    fair_setup = next(s for s in set(runs["setup"]) if "protocol=fair" in s)
+    assert "lr=selected on validation" in fair_setup
+    table = build_table(runs, "table1")
+    lora = table[(table["row"] == "lora") & (table["column"] == "rte")].set_index("setup")
+    assert lora.loc["paper setup", ["mean", "n"]].tolist() == [81.0, 3]  # 80, 81, 82: the paper runs only
+    assert lora.loc[fair_setup, ["mean", "n"]].tolist() == [82.0, 5]  # 80..84: the fair test scores only
+    from adarank.analysis.tables import setup_heading
+
+    assert "fair protocol: dev (test) score at the checkpoint chosen on a validation split" in setup_heading(fair_setup)
+    assert "paper protocol: the best of the periodic dev evaluations" in setup_heading("paper setup")
+
+
+def test_protocol_effect_ranks_changes_and_kendall_tau(tmp_path):
+    effect = protocol_effect.build_effect(load_runs(protocols_tree(tmp_path / "raw")))
+    rte = effect[effect["task"] == "rte"].set_index("arm")
+    assert rte["paper_rank"].to_dict() == {"triadapt_linear": 1.0, "lora": 2.0, "adalora": 3.0}
+    assert rte["fair_rank"].to_dict() == {"adalora": 1.0, "triadapt_linear": 2.0, "lora": 3.0}
+    assert rte.loc["adalora", "change"] == pytest.approx(84.0 - 79.0)  # fair mean 81+3 vs paper 78+1
+    # paper order T > L > A, fair A > T > L: of the 3 pairs only (T, L) keeps its order -> tau = (1 - 2) / 3
+    assert rte["kendall_tau"].iloc[0] == pytest.approx(-1 / 3)
+    assert (rte["paper_seeds"] == 3).all() and (rte["fair_seeds"] == 5).all()
+    text = protocol_effect.effect_markdown(effect)
+    assert "Kendall's τ = -0.33" in text and "| AdaLoRA" in text
+
+
+def test_budgets_and_pareto_front(tmp_path):
+    runs = load_runs(protocols_tree(tmp_path / "raw"))
+    budgets = build_budgets(runs[runs["protocol"] == "paper"])
+    row = budgets[(budgets["task"] == "rte") & (budgets["arm"] == "lora")].iloc[0]
+    assert (row["seeds"], row["trainable_peak_total"], row["trainable_peak_adapter"], row["score"]) == (3, 35, 30, 81.0)
+    points = pd.DataFrame({"cost": [1, 2, 3, 4], "score": [70.0, 69.0, 75.0, 75.0]}, index=list("abcd"))
+    assert list(pareto.front(points, "cost").index) == ["a", "c"]  # b is beaten by the cheaper a, d ties c at more cost
+    drawn = pareto.pareto_figures(runs, tmp_path / "figures")
+    ids = {tables.setup_id(s) for s in set(runs["setup"])}
+    assert len(ids) == 2  # one figure per (setup, task), the setup id in its name, its runs only
+    assert sorted(d.path.name for d in drawn) == sorted(f"pareto_{task}_{i}.png" for task in ("mrpc", "rte") for i in ids)
+    for d in drawn:
+        assert set(runs.set_index("run_dir").loc[d.runs, "setup"]) == {d.setup} and figures.setup_sentence(d.setup) in d.caption
+
+
+def test_make_tables_writes_the_fair_outputs(tmp_path):
+    from adarank.analysis.report import write_report
+
+    root = protocols_tree(tmp_path / "raw")
+    search_tree(root)
+    report = write_report(root, tmp_path / "tables", setup="all")
+    names = {Path(p).name for p in report.files}
+    assert {"selected_lr.yaml", "lr_search.md", "budgets.md", "protocol_effect.md"} <= names
+    assert any(n.startswith("lr_sensitivity_rte_") for n in names) and any(n.startswith("pareto_rte_") for n in names)
+    captions = (tmp_path / "tables" / "figures" / "captions.md").read_text()
+    assert "## pareto_rte_" in captions and "## lr_sensitivity_rte_" in captions
+    assert "fair protocol" in (tmp_path / "tables" / "table1.md").read_text()
+
+
+@pytest.mark.slow
+def test_lr_search_selection_and_the_five_seed_sweep_through_train_py(tmp_path, tiny_glue_dir):
+    """+sweep=lr_search -> select_lr -> +sweep=fair_table1 (a slice), each through its real command."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO / "src")}
+    tiny = ["model=tiny", f"data.dir={tiny_glue_dir}", "train.max_steps=3", "task.warmup_steps=0", "train.progress=off",
+            f"results.root={tmp_path / 'raw'}"]
+
+    def train_py(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", *args, *tiny,
+                               f"hydra.sweep.dir={tmp_path / 'hydra' / str(len(list(tmp_path.glob('hydra/*'))))}"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
+        return proc
+
+    train_py("+sweep=lr_search", "task=rte", "method=lora", "protocol.lr_scale=0.5,2")
+    train_py("+sweep=lr_search", "task=rte", "method=bitfit", "protocol.lr_scale=0.5,2")
+    out = tmp_path / "tables"
+    select = subprocess.run([sys.executable, "-m", "adarank.analysis.select_lr", str(tmp_path / "raw"), "--out", str(out)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert select.returncode == 0, select.stderr
+    table = protocol.read_lr_table(out / "selected_lr.yaml")
+    assert set(table) == {("rte", "lora"), ("rte", "bitfit")}
+    # a pair the table lacks stops the whole sweep before any job, naming it
+    refused = train_py("+sweep=fair_table1", f"protocol.lr_table={out / 'selected_lr.yaml'}", "task=rte",
+                       "+sweep/arm=lora,adalora", ok=False)
+    assert "no learning rate for 1 (task, arm) pair(s): rte/adalora" in refused.stderr
+    assert not list((tmp_path / "raw" / "rte").glob("adalora"))
+    train_py("+sweep=fair_table1", f"protocol.lr_table={out / 'selected_lr.yaml'}", "task=rte", "+sweep/arm=lora")
+    runs = load_runs(tmp_path / "raw")
+    final = runs[runs["lr_source"] == "table"]
+    assert sorted(final["seed"]) == [1, 2, 3, 4, 5] and set(final["lr"]) == {table[("rte", "lora")]}
+    assert set(final["setup"]) == {next(iter(set(final["setup"])))} and "lr=selected on validation" in final["setup"].iloc[0]
