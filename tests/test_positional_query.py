@@ -22,7 +22,8 @@ from adarank.models import (
 from tests.conftest import CONF_DIR, compose
 
 LAYERS = 2
-METHODS = [("lora", "none"), ("adalora", "none"), ("increlora", "fixed"), ("triadapt", "linear"), ("dylora", "none"), ("alora", "none")]
+METHODS = [("lora", "none"), ("adalora", "none"), ("increlora", "fixed"), ("triadapt", "linear"), ("dylora", "none"), ("alora", "none"),
+           ("dora", "none"), ("rslora", "none"), ("pissa", "none"), ("loraplus", "none"), ("eva", "none"), ("sora", "none")]
 
 
 def attention_modules(model):
