@@ -14,7 +14,11 @@ exactly that product and ``lora_alpha = r`` (scaling 1) through ``rank_pattern``
   triplet was masked has ΔW = 0 and is left out;
 * IncreLoRA: every rank-1 block, the reserve included (its E = 1e-5 still acts unless the budget
   closed exactly and zeroed it): A ⊙ E and B · α/(ranknum+ε);
-* TriAdaptLoRA: the r×r core (L+U) folded into B: A and B · α/(r+ε)·(L+U).
+* TriAdaptLoRA: the r×r core (L+U) folded into B: A and B · α/(r+ε)·(L+U);
+* rsLoRA, LoRA+, EVA: as LoRA (their own scaling folded into B; EVA at its per-module ranks);
+* PiSSA: the update relative to the pretrained weight, [A ; A0] and [s·B | −s·B0] (rank 2r);
+* SoRA: the ranks whose gate is non-zero, A[kept] and s·B[:, kept]·g[kept];
+* DoRA: its magnitude ∘ direction is no B·A; the export is peft's own DoRA adapter as trained.
 
 Heads (classifier, pooler, qa_outputs) go into ``modules_to_save`` with their trained weights.
 
@@ -50,7 +54,11 @@ from adarank.models import (
 
 log = logging.getLogger(__name__)
 
-EXPORTABLE = ("lora", "adalora", "increlora", "triadapt")
+EXPORTABLE = ("lora", "adalora", "increlora", "triadapt", "dora", "rslora", "pissa", "loraplus", "eva", "sora")
+#: peft LoRA layers whose update is B·A times their own scaling, exported like LoRA's
+PLAIN_LORA = ("lora", "rslora", "loraplus", "eva")
+#: exported as the peft adapter they were trained as (no B·A form)
+AS_TRAINED = ("dora",)
 TOLERANCE = 1e-4  # max |logit difference| the self-check accepts (fp32 sums in another order)
 ADAPTER_NAME = "default"
 
@@ -173,7 +181,20 @@ def _load_increlora(model, adapter: Path, cfg, metrics, run_dir) -> nn.Module:
     return model
 
 
-LOADERS = {"lora": _load_peft, "adalora": _load_peft, "increlora": _load_increlora, "triadapt": _load_triadapt}
+def _load_own(method: str):
+    """Methods whose class rebuilds its saved adapter (``load_adapter``)."""
+
+    def load(model, adapter: Path, cfg, metrics, run_dir) -> nn.Module:
+        from adarank.methods import method_class
+
+        return method_class(method).load_adapter(model, str(adapter))
+
+    return load
+
+
+LOADERS = {"lora": _load_peft, "adalora": _load_peft, "increlora": _load_increlora, "triadapt": _load_triadapt,
+           **dict.fromkeys(("dora", "rslora", "loraplus", "eva"), _load_peft),
+           "pissa": _load_own("pissa"), "sora": _load_own("sora")}
 
 
 # --- ΔW = B·A per module ---------------------------------------------------------------------------
@@ -193,7 +214,17 @@ def lora_factors(model: nn.Module, method: str) -> dict[str, tuple[torch.Tensor,
 
 def _factors(module: nn.Module, method: str):
     with torch.no_grad():
-        if method == "lora":
+        if method == "pissa":
+            if hasattr(module, "pissa_initial"):
+                from adarank.methods.pissa import conversion_factors
+
+                return conversion_factors(module)
+        elif method == "sora":
+            from adarank.methods.sora import SoRALinear, pruned_factors
+
+            if isinstance(module, SoRALinear):
+                return pruned_factors(module)
+        elif method in PLAIN_LORA:
             from peft.tuners.lora import LoraLayer
 
             if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A:
@@ -247,6 +278,12 @@ def _plain_model(model: nn.Module) -> nn.Module:
 def build_peft_model(trained: Trained):
     """A fresh backbone with a plain peft LoRA adapter holding the trained update and heads."""
     from peft import LoraConfig, get_peft_model
+
+    if trained.method in AS_TRAINED:
+        from adarank.methods.peft_support import peft_rank_pattern
+
+        config = trained.model.peft_config[ADAPTER_NAME]
+        return trained.model, config, peft_rank_pattern(trained.model, lambda module: module.r[ADAPTER_NAME])
 
     factors = {name: ab for name, ab in lora_factors(trained.model, trained.method).items() if ab[0].shape[0] > 0}
     heads = trained_heads(trained)
