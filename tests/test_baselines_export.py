@@ -76,3 +76,27 @@ def test_a_pissa_run_s_own_adapter_folder_loads_onto_the_pretrained_model(tmp_pa
     batch = export.probe_batch(trained)
     with torch.no_grad():
         torch.testing.assert_close(plain.eval()(**batch).logits, trained.model(**batch).logits, rtol=0, atol=1e-6)
+
+
+def test_make_tables_shows_the_new_arms_as_extra_rows_and_draws_their_ranks(tmp_path, tiny_glue_dir):
+    """EVA's and SoRA's rank patterns go into Figure 2, SoRA's pruning into the rank-over-time
+    figure, every new arm into Table I as a row without paper numbers (marked as an extra row)."""
+    from adarank.analysis import write_report
+
+    root = tmp_path / "raw"
+    for arm in ("lora", "eva", "sora"):
+        final = merge_overrides({**FAST_DEFAULTS, "data.dir": str(tiny_glue_dir), "results.root": str(root),
+                                 "task.batch_size": "8", "train.max_steps": "6"},
+                                ["task=rte", f"method={arm}", *(["method.xi=0.02", "task.lr=0.05"] if arm == "sora" else [])])
+        run(compose(final), final)
+    report = write_report(root, tmp_path / "tables")
+    names = {p.name for p in report.figures}
+    assert {"fig2_rank_pattern_rte.png", "rank_over_time_rte.png"} <= names
+    table = (tmp_path / "tables" / "table1.md").read_text()
+    ours, paper = table.split("### Paper")
+    for label in ("EVA (ρ = 2)", "SoRA (r_max = 8)"):
+        row = next(line for line in ours.splitlines() if line.startswith(f"| {label}"))
+        assert "missing" not in row  # a score of ours
+        assert next(line for line in paper.splitlines() if line.startswith(f"| {label}")).rstrip("| ").endswith("–")
+    for label in ("DoRA", "rsLoRA", "PiSSA", "LoRA+ (λ = 16)", "EVA (ρ = 2)", "SoRA (r_max = 8)"):
+        assert f"- {label}: not in TriAdaptLoRA Table I: extra row of this harness" in table

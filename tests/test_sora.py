@@ -168,7 +168,7 @@ def test_run_end_to_end_prunes_and_reports(make_cfg):
     pattern = json.loads((folder / "rank_pattern.json").read_text())
     events = [json.loads(line) for line in (folder / "growth_log.jsonl").read_text().splitlines()]
     assert events and events[-1]["total_rank"] == sum(pattern.values()) == metrics["rank"]["total_rank"] < 96
-    assert metrics["rank"]["initial_total_rank"] == 96 and metrics["costs"]["allocation_seconds"] > 0
+    assert metrics["rank"]["init_total_rank"] == 96 and metrics["costs"]["allocation_seconds"] > 0
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     assert all("extra_loss" in r for r in log if "loss" in r)  # the L1 term is logged like a regulariser
 

@@ -289,7 +289,7 @@ class SoRA(Method):
         return {name: layer.rank for name, layer in (self.layers or sora_layers(model)).items()}
 
     def summary(self, model: nn.Module) -> dict:
-        return {**super().summary(model), "max_rank": self.max_rank, "initial_total_rank": self.max_rank * len(self.layers)}
+        return {**super().summary(model), "max_rank": self.max_rank, "init_total_rank": self.max_rank * len(self.layers)}
 
     # -- adapters --------------------------------------------------------------------------
     def save_adapter(self, model: nn.Module, folder: str) -> None:
