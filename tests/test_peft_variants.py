@@ -247,3 +247,23 @@ def test_eva_needs_a_full_svd_batch(make_cfg):
     with pytest.raises(ConfigError, match="method.batch_size=64 training examples, the run has 48"):
         run(cfg, overrides)
     assert not list(Path(cfg.results.root).rglob("train_log.jsonl"))
+
+
+def test_make_bench_runs_the_new_arms_side_by_side_with_lora():
+    """The six arms through the bench's turn-taking loop: every one times its own steps only (EVA's
+    SVD batches are no training steps) and EVA's initialisation shows in its whole-run allocation."""
+    from adarank.bench import BenchConfig, run_bench
+    from tests.test_bench import check_schema
+
+    methods = ["lora", "dora", "rslora", "pissa", "loraplus", "eva", "sora"]
+    threads = torch.get_num_threads()
+    try:
+        # batch 16: EVA's default SVD batch, which the bench must tell apart from its training batches
+        report = run_bench(BenchConfig(preset="tiny", batch=16, seq_len=16, steps=3, warmup=1, methods=tuple(methods),
+                                       memory=False, ops=False), log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    check_schema(report, methods, steps=3)
+    rows = {row["method"]: row for row in report["results"]}
+    assert rows["eva"]["allocation_s_whole_run"] > 0 and rows["eva"]["events_total"] == 1
+    assert rows["dora"]["trainable_params_start"] > rows["lora"]["trainable_params_start"]  # + the magnitudes

@@ -214,17 +214,18 @@ class SoRA(Method):
         return [g for g in groups if g["params"]] + [gate_group]
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
-        """η · Σ|g| / (number of gate entries)."""
+        """η · Σ|g| / (number of gate entries), all gates at once (a few kernels, not a few per module)."""
         if self.l1_weight == 0:
             return None
-        gates = self.gates()
-        return self.l1_weight * sum(g.abs().sum() for g in gates) / sum(g.numel() for g in gates)
+        flat = torch.cat(self.gates())
+        return self.l1_weight * flat.abs().sum() / flat.numel()
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         start = time.perf_counter()
-        with torch.no_grad():
-            for gate in self.gates():
-                proximal_step(gate, self.xi, self.rule)
+        gates = self.gates()
+        with torch.no_grad():  # P_ξ is element-wise: once on all gates concatenated, then copied back
+            flat = proximal_step(torch.cat(gates), self.xi, self.rule)
+            torch._foreach_copy_(gates, list(flat.split([g.numel() for g in gates])))
         interval = max(1, math.ceil(ctx.total_steps / RANK_CHECKS))
         if (ctx.step + 1) % interval == 0 or ctx.step + 1 == ctx.total_steps:
             self._log_pattern(ctx.step)
