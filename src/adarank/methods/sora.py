@@ -136,10 +136,7 @@ class SoRA(Method):
     @classmethod
     def check_config(cls, method_cfg, task_cfg, threshold, model_cfg, total_steps) -> None:
         lowrank.check_common("sora", method_cfg, DEFAULTS, task_cfg)
-        rank = _opt(method_cfg, "max_rank")
-        rank = task_cfg.reference_rank if rank is None else rank
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            raise ValueError(f"method.max_rank must be a positive integer (or null = task.reference_rank), not {rank!r}")
+        lowrank.max_rank(method_cfg, DEFAULTS, task_cfg)
         for key in ("l1_weight", "xi"):
             if not _is_number(_opt(method_cfg, key)) or _opt(method_cfg, key) < 0:
                 raise ValueError(f"method.{key} must be a number >= 0, not {_opt(method_cfg, key)!r}")
@@ -173,8 +170,7 @@ class SoRA(Method):
 
     def __init__(self, cfg, task_cfg, threshold_cfg, model_cfg):
         super().__init__(cfg, task_cfg, threshold_cfg, model_cfg)
-        rank = _opt(cfg, "max_rank")
-        self.max_rank = int(task_cfg.reference_rank if rank is None else rank)
+        self.max_rank = int(lowrank.max_rank(cfg, DEFAULTS, task_cfg))
         self.l1_weight = float(_opt(cfg, "l1_weight"))
         self.xi = float(_opt(cfg, "xi"))
         self.rule = str(_opt(cfg, "proximal"))
@@ -294,16 +290,7 @@ class SoRA(Method):
 
     # -- adapters --------------------------------------------------------------------------
     def save_adapter(self, model: nn.Module, folder: str) -> None:
-        layers = self.layers or sora_layers(model)
-        first = next(iter(layers.values()))
-        config = {
-            "method": self.name,
-            "max_rank": self.max_rank,
-            "alpha": first.lora_alpha,
-            "dropout": first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0,
-            "modules": list(layers),
-        }
-        lowrank.save_folder(folder, config, {n: p for n, p in model.named_parameters() if p.requires_grad})
+        lowrank.save_layers(folder, self.name, self.layers or sora_layers(model), model, max_rank=self.max_rank)
 
     @staticmethod
     def load_adapter(model: nn.Module, folder: str) -> nn.Module:
