@@ -9,6 +9,7 @@ adapter at the r principal singular triplets and freezes the rest:
 so the model starts exactly at the pretrained function. ``method.svd_niter``: null = the exact
 SVD (``torch.linalg.svd``), N = peft's fast ``pissa_niter_N`` (``torch.svd_lowrank`` with N
 subspace iterations; draws from torch's global generator, so it is seeded like the rest of the run).
+The wall time of this initialisation is reported as ``allocation_seconds``.
 
 What depends on the changed base weight (docs/baselines.md, PiSSA):
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 
 import torch
 from torch import nn
@@ -71,7 +73,9 @@ class PiSSA(PeftLoRA):
             for name, module in model.named_modules():
                 if name.endswith(POSITIONAL_QUERY_MODULE) and isinstance(module, nn.Linear):
                     pretrained[name] = copy.deepcopy(module).requires_grad_(False)
-        model = super().prepare(model)
+        start = time.perf_counter()
+        model = super().prepare(model)  # the SVD of every adapted weight: PiSSA's one-off cost
+        self.allocation_seconds += time.perf_counter() - start
         layers = lora_layers(model)
         for name, linear in pretrained.items():
             if name in layers:

@@ -1,4 +1,4 @@
-"""Export of the issue-27 baselines (adarank.export): in a fresh process, plain peft loads each
+"""Outputs of the issue-27 baselines: export (adarank.export) and make tables. Export: in a fresh process, plain peft loads each
 export onto the pretrained backbone and gives the trained model's logits and the harness's final
 dev accuracy. PiSSA is written relative to the pretrained weight (rank 2r), SoRA as the ranks its
 gates kept (a rank pattern), EVA at its redistributed ranks, DoRA as its own peft adapter."""
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from adarank.run import run
 from tests.conftest import FAST_DEFAULTS, compose, merge_overrides
@@ -22,6 +24,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow  # six training runs and a fresh interpreter (about 100 s on one busy core)
 def test_every_new_baseline_round_trips_through_plain_peft(tmp_path, tiny_glue_dir):
     folders = {}
     for name, overrides in CASES.items():
