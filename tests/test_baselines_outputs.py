@@ -1,7 +1,8 @@
-"""Outputs of the issue-27 baselines: export (adarank.export) and make tables. Export: in a fresh process, plain peft loads each
-export onto the pretrained backbone and gives the trained model's logits and the harness's final
-dev accuracy. PiSSA is written relative to the pretrained weight (rank 2r), SoRA as the ranks its
-gates kept (a rank pattern), EVA at its redistributed ranks, DoRA as its own peft adapter."""
+"""Outputs of the issue-27 baselines. Export (adarank.export): in a fresh process, plain peft loads
+each export onto the pretrained backbone and gives the trained model's logits and the harness's
+final dev accuracy; PiSSA is written relative to the pretrained weight (rank 2r), SoRA as the ranks
+its gates kept (a rank pattern), EVA at its redistributed ranks, DoRA as its own peft adapter.
+make tables: the new arms as extra Table I rows, EVA and SoRA in the rank figures."""
 
 from __future__ import annotations
 
