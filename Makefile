@@ -14,7 +14,7 @@ DEMO_STEPS ?= 50
 # one intra-op thread: on our 2-core VMs a MiniLM step is about 5x slower with two
 DEMO_THREADS ?= 1
 
-.PHONY: setup test test-fast demo mini mini-fair tables bench gpu-check clean-results
+.PHONY: setup test test-fast demo mini mini-extended mini-fair tables bench gpu-check clean-results
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,13 @@ mini-fair: setup
 	$(MINI_FAIR_RUN) +sweep=mini_fair protocol.lr_table=$(MINI_FAIR)/selected_lr.yaml
 	$(MINI_FAIR_RUN) +sweep=mini_fair_paper
 	$(PY) scripts/make_tables.py --results $(MINI_FAIR)/raw --out $(MINI_FAIR)/tables
+
+# the issue-27 baselines (DoRA, rsLoRA, PiSSA, LoRA+, EVA, SoRA) on the mini setting, into the same results
+# tree as `make mini`, so that the tables show them as extra rows (36 runs, docs/mini-reproduction.md)
+mini-extended: setup
+	HF_HUB_OFFLINE=1 $(PY) train.py -m +sweep=mini_extended results.root=results/mini/raw data.dir=$(GLUE_DIR) \
+	  hydra/launcher=joblib hydra.launcher.n_jobs=2
+	$(PY) scripts/make_tables.py --results results/mini/raw --out results/mini/tables
 
 # Tables I-IV, Figures 2-5 and the cost table from a results tree; `make setup` only when $(PY)
 # cannot import adarank yet (make tables PY=/path/to/python uses that environment as it is)

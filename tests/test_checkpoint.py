@@ -62,6 +62,15 @@ CASES = {
     # would change) is evaluated on the same state after two resumes
     "triadapt-linear-fair": (["method=triadapt", "threshold=linear", *GROWTH, "train.checkpoint_interval=1",
                               "protocol=fair", "task=stsb"], 8, 14),
+    # issue 27: DoRA's magnitude vector, PiSSA's residual base weight (re-derived on resume), LoRA+'s
+    # four parameter groups, EVA's initialisation (repeated on the same batches before loading),
+    # SoRA's gates (pruned from step 1 with this xi) and its own AdamW group
+    "dora": (["method=dora"], 5, 11),
+    "rslora": (["method=rslora"], 5, 11),
+    "pissa": (["method=pissa"], 5, 11),
+    "loraplus": (["method=loraplus"], 5, 11),
+    "eva": (["method=eva", "method.batch_size=8"], 5, 11),
+    "sora": (["method=sora", "method.xi=0.02", "task.lr=0.05", "train.checkpoint_interval=1"], 5, 14),
 }
 
 

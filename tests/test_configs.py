@@ -65,8 +65,8 @@ def test_unknown_group_choices_list_the_valid_ones():
 
 def test_in_process_configs_are_checked_too():
     cfg = compose([])
-    cfg.method.name = "dora"
-    with pytest.raises(ConfigError, match="unknown method 'dora'.*lora"):
+    cfg.method.name = "vera"
+    with pytest.raises(ConfigError, match="unknown method 'vera'.*lora"):
         check_static(cfg)
 
 

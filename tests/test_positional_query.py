@@ -22,7 +22,8 @@ from adarank.models import (
 from tests.conftest import CONF_DIR, compose
 
 LAYERS = 2
-METHODS = [("lora", "none"), ("adalora", "none"), ("increlora", "fixed"), ("triadapt", "linear"), ("dylora", "none"), ("alora", "none")]
+METHODS = [("lora", "none"), ("adalora", "none"), ("increlora", "fixed"), ("triadapt", "linear"), ("dylora", "none"), ("alora", "none"),
+           ("dora", "none"), ("rslora", "none"), ("pissa", "none"), ("loraplus", "none"), ("eva", "none"), ("sora", "none")]
 
 
 def attention_modules(model):
@@ -162,11 +163,12 @@ def test_every_paper_sweep_states_the_reference_setting():
     from adarank.models import REFERENCE_POSITIONAL_QUERY_ADAPTER
 
     paper = [name for name in SWEEPS if name.startswith(("table", "fig"))]
-    assert len(paper) == 8
+    assert len(paper) == 9  # the eight of the paper and table1_extended
     for name in paper:
-        raw = OmegaConf.load(CONF_DIR / "sweep" / f"{name}.yaml")
+        raw = compose([f"+sweep={name}"])
         assert raw.train.optimizer == "adamw_legacy", name
-        kind = "squad_v2" if raw.hydra.sweeper.params.task == "squad_v2" else "glue"
+        params = OmegaConf.load(CONF_DIR / "sweep" / f"{name}.yaml").hydra.sweeper.params
+        kind = "squad_v2" if params.get("task") == "squad_v2" else "glue"
         assert raw.model.positional_query_adapter is REFERENCE_POSITIONAL_QUERY_ADAPTER[kind], name
 
 

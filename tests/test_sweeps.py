@@ -24,7 +24,10 @@ EXPECTED_JOBS = {
     "fig4": 5 * 2 * 3,
     "fig5": 5 * 2 * 3,
     "mini": 2 * 10 * 3,    # MiniLM on real MRPC and STS-B x (9 paper arms + DyLoRA; not ALoRA, see the sweep) x 3 seeds
+    "table1_extended": 8 * 17 * 3,  # table1's 11 arms + DoRA, rsLoRA, PiSSA, LoRA+, EVA, SoRA
+    "mini_extended": 2 * 6 * 3,     # the six new arms at the mini sweep's setting
 }
+NEW_ARMS = ("dora", "rslora", "pissa", "loraplus", "eva", "sora")
 GROWING = {"increlora", "triadapt"}
 
 
@@ -106,6 +109,23 @@ def test_table1_covers_the_nine_method_threshold_pairs_and_the_extra_methods():
     pairs = {key_values(job)["+sweep/arm"] for job in sweep_jobs("table1")}
     assert pairs == {"full", "bitfit", "hadapter", "lora", "adalora", "increlora",
                      "triadapt_fixed", "triadapt_linear", "triadapt_nonlinear", "dylora", "alora"}
+
+
+def test_extended_sweeps_add_the_new_arms_and_keep_the_old_runs_identical():
+    from adarank.results import config_hash
+
+    old, extended = sweep_jobs("table1", ["task=rte", "seed=0"]), sweep_jobs("table1_extended", ["task=rte", "seed=0"])
+    arms = [key_values(job)["+sweep/arm"] for job in extended]
+    assert arms == [key_values(job)["+sweep/arm"] for job in old] + list(NEW_ARMS)
+    # a table1 run and the same arm in table1_extended: one config, one run folder
+    for a, b in zip(compose_jobs(old), compose_jobs(extended[: len(old)])):
+        assert config_hash(a) == config_hash(b)
+    mini = compose_jobs(sweep_jobs("mini", ["seed=0", "+sweep/mini_task=stsb", "+sweep/arm=lora"]))[0]
+    for cfg in compose_jobs(sweep_jobs("mini_extended", ["seed=0", "+sweep/mini_task=stsb"])):
+        assert cfg.method.name in NEW_ARMS
+        for key in ("model", "train", "data"):  # the mini sweep's setting
+            assert cfg[key] == mini[key], key
+        assert cfg.task.max_seq_length == 64
 
 
 # --- launchers -----------------------------------------------------------------------------------

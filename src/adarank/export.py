@@ -17,7 +17,11 @@ exactly that product and ``lora_alpha = r`` (scaling 1) through ``rank_pattern``
 * IncreLoRA: every rank-1 block, the reserve included (its E = 1e-5 still acts unless the budget
   closed exactly and zeroed it): A ⊙ E and B · α/(ranknum+ε);
 * TriAdaptLoRA: the r×r core (L+U) folded into B: A and B · α/(r+ε)·(L+U);
-* DyLoRA: the first b rows of A and columns of B, B · α/b (``--rank b``, default r_max).
+* DyLoRA: the first b rows of A and columns of B, B · α/b (``--rank b``, default r_max);
+* rsLoRA, LoRA+, EVA: as LoRA (their own scaling folded into B; EVA at its per-module ranks);
+* PiSSA: the update relative to the pretrained weight, [A ; A0] and [s·B | −s·B0] (rank 2r);
+* SoRA: the ranks whose gate is non-zero, A[kept] and s·B[:, kept]·g[kept];
+* DoRA: its magnitude ∘ direction is no B·A; the export is peft's own DoRA adapter as trained.
 
 Each method is one entry of ``EXPORTERS`` (how to rebuild the trained model from the run's adapter
 folder, and the (A, B) of one of its modules): a new method exports by adding its entry.
@@ -166,12 +170,6 @@ def _load_peft(model, adapter: Path, cfg, metrics, run_dir, rank) -> nn.Module:
     return PeftModel.from_pretrained(model, str(adapter))
 
 
-def _load_triadapt(model, adapter: Path, cfg, metrics, run_dir, rank) -> nn.Module:
-    from adarank.methods import method_class
-
-    return method_class("triadapt").load_adapter(model, str(adapter))
-
-
 class _NoScheduler:
     """restore_structure hands new parameters to a scheduler; the export trains nothing."""
 
@@ -202,6 +200,17 @@ def _load_increlora(model, adapter: Path, cfg, metrics, run_dir, rank) -> nn.Mod
         if layer.rank != pattern.get(name):
             raise ExportError(f"{name}: rebuilt rank {layer.rank} != the run's {pattern.get(name)}")
     return model
+
+
+def _load_own(method: str):
+    """Methods whose class rebuilds its saved adapter (``load_adapter``)."""
+
+    def load(model, adapter: Path, cfg, metrics, run_dir, rank) -> nn.Module:
+        from adarank.methods import method_class
+
+        return method_class(method).load_adapter(model, str(adapter))
+
+    return load
 
 
 def _load_dylora(model, adapter: Path, cfg, metrics, run_dir, rank) -> nn.Module:
@@ -270,6 +279,18 @@ def _triadapt_factors(module: nn.Module):
     return None
 
 
+def _pissa_factors(module: nn.Module):
+    from adarank.methods.pissa import conversion_factors
+
+    return conversion_factors(module) if hasattr(module, "pissa_initial") else None
+
+
+def _sora_factors(module: nn.Module):
+    from adarank.methods.sora import SoRALinear, pruned_factors
+
+    return pruned_factors(module) if isinstance(module, SoRALinear) else None
+
+
 def _dylora_factors(module: nn.Module):
     from adarank.methods.dylora import DyLoRALinear
 
@@ -283,18 +304,24 @@ def _dylora_factors(module: nn.Module):
 class Exporter:
     """How one method's run becomes plain LoRA: ``load(model, adapter_dir, cfg, metrics, run_dir,
     rank)`` rebuilds the trained model from the run's adapter folder; ``factors(module)`` gives
-    (A, B) of one trained module (None for any other module)."""
+    (A, B) of one trained module (None for any other module); None: the method has no B·A form
+    and is exported as the peft adapter it was trained as (DoRA)."""
 
     load: Callable
-    factors: Callable
+    factors: Callable | None
 
 
 EXPORTERS: dict[str, Exporter] = {
     "lora": Exporter(_load_peft, _lora_factors),
     "adalora": Exporter(_load_peft, _adalora_factors),
     "increlora": Exporter(_load_increlora, _increlora_factors),
-    "triadapt": Exporter(_load_triadapt, _triadapt_factors),
+    "triadapt": Exporter(_load_own("triadapt"), _triadapt_factors),
     "dylora": Exporter(_load_dylora, _dylora_factors),
+    # peft LoRA layers whose update is B·A times their own scaling, exported like LoRA's
+    **dict.fromkeys(("rslora", "loraplus", "eva"), Exporter(_load_peft, _lora_factors)),
+    "pissa": Exporter(_load_own("pissa"), _pissa_factors),
+    "sora": Exporter(_load_own("sora"), _sora_factors),
+    "dora": Exporter(_load_peft, None),
 }
 EXPORTABLE = tuple(EXPORTERS)
 
@@ -324,6 +351,12 @@ def _plain_model(model: nn.Module) -> nn.Module:
 def build_peft_model(trained: Trained):
     """A fresh backbone with a plain peft LoRA adapter holding the trained update and heads."""
     from peft import LoraConfig, get_peft_model
+
+    if EXPORTERS[trained.method].factors is None:  # no B·A form: the trained peft adapter itself
+        from adarank.methods.peft_support import peft_rank_pattern
+
+        config = trained.model.peft_config[ADAPTER_NAME]
+        return trained.model, config, peft_rank_pattern(trained.model, lambda module: module.r[ADAPTER_NAME])
 
     factors = {name: ab for name, ab in lora_factors(trained.model, trained.method).items() if ab[0].shape[0] > 0}
     heads = trained_heads(trained)

@@ -202,9 +202,14 @@ def positional_query_adapter(model_cfg, task_kind: str) -> bool:
 
 def frozen_linear(module: nn.Module) -> nn.Linear:
     """The frozen ``nn.Linear`` inside an adapted module (the module itself when not adapted):
-    peft's LoRA/AdaLoRA layers (``get_base_layer()``), IncreLinear and TriAdaptLinear (``.base``)."""
+    peft's LoRA/AdaLoRA layers (``get_base_layer()``), IncreLinear and TriAdaptLinear (``.base``),
+    or the pretrained linear a PiSSA layer keeps (``pretrained_linear``)."""
     if isinstance(module, nn.Linear):
         return module
+    # PiSSA's base layer holds the residual W - B0 A0; it keeps the pretrained linear beside it
+    pretrained = getattr(module, "pretrained_linear", None)
+    if isinstance(pretrained, nn.Linear):
+        return pretrained
     if callable(getattr(module, "get_base_layer", None)):
         if getattr(module, "merged", False):
             raise RuntimeError(

@@ -12,6 +12,7 @@ from adarank.analysis.tables import axes_unchanged, ordered_setups
 ARM_ORDER = [
     "full", "bitfit", "hadapter", "lora", "adalora", "increlora",
     "triadapt_fixed", "triadapt_linear", "triadapt_nonlinear", "dylora", "alora",
+    "dora", "rslora", "pissa", "loraplus", "eva", "sora",
 ]
 COLUMNS = {
     "trainable_params_start": "trainable params (start)",

@@ -32,7 +32,7 @@ from adarank.analysis.figures import (
 from adarank.analysis.paper import load_paper, task_label
 from adarank.analysis.tables import axes_unchanged
 
-RANK_ARMS = ["triadapt_linear", "triadapt_nonlinear", "triadapt_fixed", "increlora", "adalora"]
+RANK_ARMS = ["triadapt_linear", "triadapt_nonlinear", "triadapt_fixed", "increlora", "adalora", "sora"]
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -31,8 +31,10 @@ ARM_LABELS = {
     "triadapt_nonlinear": "TriAdaptLoRA (Non-Linear)",
     "adalora": "AdaLoRA",
     "increlora": "IncreLoRA",
+    "eva": "EVA",
+    "sora": "SoRA",
 }
-FIG2_ARMS = ["triadapt_linear", "triadapt_fixed", "triadapt_nonlinear", "adalora", "increlora"]
+FIG2_ARMS = ["triadapt_linear", "triadapt_fixed", "triadapt_nonlinear", "adalora", "increlora", "eva", "sora"]
 SENSITIVITY = {
     "fig3": ("init_warmup", "initial warm-up steps $t_0$ (no growth before)"),
     "fig4": ("incre_interval", "rank update interval (optimizer steps)"),

@@ -52,5 +52,8 @@ def matters(key: str, method: str | None) -> bool:
 
 def shared(key: str) -> bool:
     """True when ``key`` matters to every known method (a setup-wide key such as the model or
-    ``train.max_steps``), False for a method-specific key (``task.adalora.*``, ``task.warmup_steps``)."""
+    ``train.max_steps``), False for a method-specific key (``task.adalora.*``, ``task.warmup_steps``,
+    and every ``method.*`` option: each method has its own conf/method/<name>.yaml)."""
+    if key.startswith("method."):
+        return False
     return all(matters(key, method) for method in KNOWN_METHODS)

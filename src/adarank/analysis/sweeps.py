@@ -19,7 +19,7 @@ from pathlib import Path
 
 from adarank.analysis.defaults import REPO_CONF
 
-SWEEPS = ("table1", "table2", "table3", "table4", "fig2", "fig3", "fig4", "fig5", "mini",
+SWEEPS = ("table1", "table2", "table3", "table4", "fig2", "fig3", "fig4", "fig5", "mini", "table1_extended", "mini_extended",
           "lr_search", "lr_search_table1", "fair_table1", "mini_fair_search", "mini_fair", "mini_fair_paper")
 
 

@@ -17,6 +17,12 @@ REGISTRY: dict[str, str] = {
     "hadapter": "adarank.methods.hadapter:HAdapter",
     "dylora": "adarank.methods.dylora:DyLoRA",
     "alora": "adarank.methods.alora:ALoRA",
+    "dora": "adarank.methods.dora:DoRA",
+    "rslora": "adarank.methods.rslora:RsLoRA",
+    "pissa": "adarank.methods.pissa:PiSSA",
+    "loraplus": "adarank.methods.loraplus:LoRAPlus",
+    "eva": "adarank.methods.eva:EVA",
+    "sora": "adarank.methods.sora:SoRA",
 }
 
 

@@ -93,7 +93,9 @@ class Method:
         return model
 
     def training_data(self, dataset, collate, seed: int):
-        """The dataset the optimizer steps draw from (ALoRA holds a few examples out of it)."""
+        """The dataset the optimizer steps draw from (ALoRA holds a few examples out of it). Called
+        before the optimizer exists, on the model as it will train: EVA runs its data-driven
+        initialisation here."""
         return dataset
 
     def set_total_steps(self, total_steps: int) -> None:

@@ -117,10 +117,7 @@ class DyLoRA(Method):
     @classmethod
     def check_config(cls, method_cfg, task_cfg, threshold, model_cfg, total_steps) -> None:
         lowrank.check_common("dylora", method_cfg, DEFAULTS, task_cfg)
-        max_rank = _opt(method_cfg, "max_rank")
-        max_rank = int(task_cfg.reference_rank) if max_rank is None else max_rank
-        if not isinstance(max_rank, int) or max_rank < 1:
-            raise ValueError(f"method.max_rank must be a positive integer (or null = task.reference_rank), not {max_rank!r}")
+        lowrank.max_rank(method_cfg, DEFAULTS, task_cfg)
         if _opt(method_cfg, "update") not in UPDATES:
             raise ValueError(f"method.update must be one of {UPDATES}, not {_opt(method_cfg, 'update')!r}")
         if not isinstance(_opt(method_cfg, "evaluate_every_rank"), bool):
@@ -203,18 +200,8 @@ class DyLoRA(Method):
 
     # -- adapters --------------------------------------------------------------------------
     def save_adapter(self, model: nn.Module, folder: str) -> None:
-        layers = self.layers or dylora_layers(model)
-        first = next(iter(layers.values()))
-        config = {
-            "method": self.name,
-            "max_rank": self.max_rank,
-            "alpha": first.lora_alpha,
-            "dropout": first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0,
-            "update": self.update,
-            "modules": list(layers),
-        }
-        tensors = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        lowrank.save_folder(folder, config, tensors)
+        lowrank.save_layers(folder, self.name, self.layers or dylora_layers(model), model,
+                            max_rank=self.max_rank, update=self.update)
 
     @staticmethod
     def load_adapter(model: nn.Module, folder: str, rank: int | None = None) -> nn.Module:

@@ -38,6 +38,15 @@ def check_common(method: str, method_cfg, defaults: dict, task_cfg) -> None:
         raise ValueError(f"task.lora_dropout must lie in [0, 1), not {task_cfg.lora_dropout}")
 
 
+def max_rank(cfg, defaults: dict, task_cfg) -> int:
+    """``method.max_rank``, null meaning the task's reference rank (ValueError unless a positive integer)."""
+    value = option(cfg, defaults, "max_rank")
+    value = task_cfg.reference_rank if value is None else value
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"method.max_rank must be a positive integer (or null = task.reference_rank), not {value!r}")
+    return value
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -61,6 +70,16 @@ def save_folder(folder: str, config: dict, tensors: dict[str, torch.Tensor]) -> 
     with open(os.path.join(folder, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=1)
     torch.save({k: v.detach().cpu().clone() for k, v in tensors.items()}, os.path.join(folder, WEIGHTS_FILE))
+
+
+def save_layers(folder: str, method: str, layers: dict, model: nn.Module, **config) -> None:
+    """The adapter folder of a method whose ``layers`` ({module name: layer with ``lora_alpha`` and
+    ``lora_dropout``}) all share alpha and dropout: those, the module names and ``config`` in the
+    config file, the model's trainable tensors beside it."""
+    first = next(iter(layers.values()))
+    dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
+    full = {"method": method, **config, "alpha": first.lora_alpha, "dropout": dropout, "modules": list(layers)}
+    save_folder(folder, full, {n: p for n, p in model.named_parameters() if p.requires_grad})
 
 
 def read_config(folder: str) -> dict:

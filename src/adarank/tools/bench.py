@@ -73,6 +73,12 @@ METHODS = {
     "triadapt-nonlinear": ("triadapt", "nonlinear"),
     "dylora": ("dylora", "none"),
     "alora": ("alora", "none"),
+    "dora": ("dora", "none"),
+    "rslora": ("rslora", "none"),
+    "pissa": ("pissa", "none"),
+    "loraplus": ("loraplus", "none"),
+    "eva": ("eva", "none"),
+    "sora": ("sora", "none"),
     # TriAdaptLoRA-fixed with the straightforward storage (4 parameters per block and module,
     # no fast paths): the oracle of tests/test_triadapt_fast.py, to see what the fast paths buy
     "triadapt-plain": ("triadapt", "fixed"),
@@ -173,6 +179,8 @@ def compose_cfg(bc: BenchConfig, label: str, device: torch.device):
         f"train.precision={bc.precision or ('bf16' if device.type == 'cuda' else 'fp32')}",
         "logger=none",
     ]
+    if registry_name == "eva":  # EVA's SVD batches must not look like training batches to the turn-taking collate
+        common.append(f"method.batch_size={bc.batch + 1}")
     if bc.whole_run:
         return compose_whole_run(bc, label, common)
     overrides = [
