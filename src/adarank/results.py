@@ -38,7 +38,11 @@ NON_SEMANTIC_KEYS = (
 # computation: a run at that value keeps the hash it had before the key existed (a key at any
 # other value enters the hash as usual). Add every new semantic key here with its neutral value
 # (a whole new config group is one key whose neutral value is the group's dict).
-HASH_NEUTRAL_DEFAULTS: dict[str, object] = {}
+HASH_NEUTRAL_DEFAULTS: dict[str, object] = {
+    # SQuAD's T_paper from the official training set's size: the same computation as before for
+    # every run on the official set (only a scaled run on a part of it changes; issue 28)
+    "task.paper_train_examples": 130319,
+}
 # overrides that already name the folder (task/method label/seed) or are not semantic
 IDENTITY_OVERRIDES = ("task", "method", "threshold", "seed") + NON_SEMANTIC_KEYS
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "adarank")

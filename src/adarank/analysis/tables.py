@@ -8,7 +8,8 @@ cell is printed as ``missing (0/3 seeds)``, never as a blank or a zero.
   mean) of the Linear and Non-Linear cells (reading A18), marked [L] or [N].
 * Table II: Non-Linear TriAdaptLoRA with method.orth_reg true / false.
 * Table III: Non-Linear TriAdaptLoRA with method.norm r / none / sqrt_r.
-* Table IV: SQuAD 2.0 EM and F1 (both taken at the evaluation with the best F1).
+* Table IV: SQuAD 2.0 EM and F1 (both taken at the evaluation with the best F1); the .csv also has
+  HasAns F1 and NoAns F1 (``csv_columns`` in paper_numbers.yaml), which the paper does not print.
 * Avg.: the mean of the 8 task means (how the paper's Avg. column is computed), only when all 8
   cells have runs.
 Std is the sample standard deviation (ddof=1) over seeds; one seed gives no std.
@@ -143,7 +144,7 @@ def left_out(runs: pd.DataFrame, table: str, setups: list[str]) -> pd.DataFrame:
 
 def _build_for_setup(runs: pd.DataFrame, table: str, setup: str) -> pd.DataFrame:
     squad = table == "table4"
-    columns = list(load_paper()["table4"]["columns"]) if squad else glue_tasks()
+    columns = [*load_paper()["table4"]["columns"], *csv_only_columns(table)] if squad else glue_tasks()
     runs = runs[runs["task"].isin(table_tasks(table))]
     records = []
     cells: dict[tuple[str, str], dict] = {}
@@ -313,7 +314,7 @@ def blocks(tidy: pd.DataFrame, table: str, setup: str) -> dict[str, tuple[pd.Dat
     rows = method labels, columns = task labels. The paper's setup keeps every column of the
     paper's table; another setup (a mini sweep on two tasks) shows only the columns it has runs in."""
     part = tidy[tidy["setup"] == setup]
-    columns = list(dict.fromkeys(part["column"]))
+    columns = [c for c in dict.fromkeys(part["column"]) if c not in csv_only_columns(table)]
     if setup != PAPER_SETUP:
         columns = [c for c in columns if part.loc[part["column"] == c, "mean"].notna().any()] or columns
     labels = list(dict.fromkeys(part["label"]))
@@ -331,6 +332,11 @@ def blocks(tidy: pd.DataFrame, table: str, setup: str) -> dict[str, tuple[pd.Dat
                     bold.loc[rec["label"], column_label(table, column)] = True
         out[name] = (texts, bold)
     return out
+
+
+def csv_only_columns(table: str) -> dict:
+    """Columns written to the table's .csv but not printed (Table IV's HasAns / NoAns F1)."""
+    return load_paper()[table].get("csv_columns") or {}
 
 
 def _clean(rec: dict) -> dict:
