@@ -24,6 +24,7 @@ EXPECTED_JOBS = {
     "fig4": 5 * 2 * 3,
     "fig5": 5 * 2 * 3,
     "mini": 2 * 10 * 3,    # MiniLM on real MRPC and STS-B x (9 paper arms + DyLoRA; not ALoRA, see the sweep) x 3 seeds
+    "mini_squad": 7 * 3,   # MiniLM on real SQuAD 2.0 x (6 Table IV arms, no HAdapter, + AdaLoRA) x 3 seeds
 }
 GROWING = {"increlora", "triadapt"}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from adarank.analysis.defaults import REPO_CONF
 
-SWEEPS = ("table1", "table2", "table3", "table4", "fig2", "fig3", "fig4", "fig5", "mini")
+SWEEPS = ("table1", "table2", "table3", "table4", "fig2", "fig3", "fig4", "fig5", "mini", "mini_squad")
 
 
 def sweep_jobs(name: str, overrides: list[str] = (), conf_dir: str | Path = REPO_CONF) -> list[list[str]]:
