@@ -504,13 +504,14 @@ def test_gap_summary_counts_answers_and_leaves_out_questions_without_a_span():
     assert gap_summary([math.inf])["mean"] is None and gap_summary([])["answered"] is None
 
 
-def test_evaluation_reports_the_loss_split_and_the_score_gaps(tokenizer, fixture_data):
+def test_evaluation_reports_the_loss_split_and_the_score_gaps(tokenizer, fixture_data, caplog):
     """An oracle that puts 4 on the gold start/end of span windows and 2 on CLS elsewhere (0 on
     every other token): its loss and null-score differences are known in closed form."""
     dev = fixture_data["validation"]
     windows = tokenize_windows(dev, tokenizer, 64, 16)
     evaluator = SquadEvaluator(dev, windows, task_cfg(max_seq_length=64, doc_stride=16), 5, make_collate(tokenizer.pad_token_id))
-    diagnostics = evaluator(OracleModel(windows, span_logit=4.0, cls_logit=2.0), torch.device("cpu"))["answerability"]
+    with caplog.at_level("INFO", logger="adarank"):
+        diagnostics = evaluator(OracleModel(windows, span_logit=4.0, cls_logit=2.0), torch.device("cpu"))["answerability"]
     expected = {"span_windows": [], "cls_windows_unanswerable": [], "cls_windows_answer_elsewhere": []}
     for w, ids in enumerate(windows.input_ids):
         n = len(ids)
@@ -533,6 +534,8 @@ def test_evaluation_reports_the_loss_split_and_the_score_gaps(tokenizer, fixture
     assert gaps["has_answer"]["q10"] == gaps["has_answer"]["q90"] == pytest.approx(-8.0)
     assert gaps["no_answer"]["mean"] == pytest.approx(4.0)
     assert (gaps["has_answer"]["answered"], gaps["no_answer"]["answered"]) == (100.0, 0.0)
+    assert ("answered 100.00 % of answerable and 0.00 % of unanswerable questions; median null-score gap "
+            "-8.00 vs 4.00") in caplog.text
 
 
 # --------------------------------------------------------------------------------------------

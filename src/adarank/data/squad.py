@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ import torch
 from adarank.data import TaskData
 from adarank.data.qa_postprocess import QuestionAggregator, best_spans_in_windows, gap_summary, window_losses
 from adarank.metrics.squad_v2 import squad_v2_scores
+
+log = logging.getLogger("adarank")
 
 SPLIT_FILES = {"train": "train-v2.0.json", "validation": "dev-v2.0.json"}
 TOKENIZE_CHUNK = 1000  # examples per tokenizer call (bounds the memory of offset lists)
@@ -399,6 +402,7 @@ class SquadEvaluator:
         metrics["eval_examples"] = len(references)
         metrics["dev_examples"] = self.dev_examples
         metrics["answerability"] = answerability_diagnostics(self.windows, self.examples, losses, references, diffs, threshold)
+        log.info(answerability_line(metrics["answerability"]))
         return metrics
 
     def _predict(self, model, device, window_ids: list[int]) -> tuple[QuestionAggregator, dict[int, float]]:
@@ -477,6 +481,19 @@ def answerability_diagnostics(windows: Windows, examples: SquadExamples, losses:
     no_answer = [score_diffs[qid] for qid, golds in references.items() if not golds]
     return {"loss": loss_split, "score_gap": {"has_answer": gap_summary(has_answer, threshold),
                                                "no_answer": gap_summary(no_answer, threshold)}}
+
+
+def answerability_line(diagnostics: dict) -> str:
+    """One log line of :func:`answerability_diagnostics` (the train log holds all of it)."""
+    loss, gap = diagnostics["loss"], diagnostics["score_gap"]
+
+    def number(value) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    return (f"answerability: answered {number(gap['has_answer']['answered'])} % of answerable and "
+            f"{number(gap['no_answer']['answered'])} % of unanswerable questions; median null-score gap "
+            f"{number(gap['has_answer']['q50'])} vs {number(gap['no_answer']['q50'])}; dev loss of "
+            f"CLS-labelled windows {number(loss['cls_windows'])}, span-labelled {number(loss['span_windows'])}")
 
 
 # --------------------------------------------------------------------------------------------
