@@ -17,7 +17,7 @@ from adarank.methods.growth_clock import count_growth_steps
 from tests.conftest import REPO
 
 SHARED_SQUAD = REPO.parent / "shared" / "data" / "squad"
-ARMS = {"full_short", "lora", "adalora", "increlora", "triadapt_fixed", "triadapt_linear", "triadapt_nonlinear"}
+ARMS = {"full_mini_squad", "lora", "adalora", "increlora", "triadapt_fixed", "triadapt_linear", "triadapt_nonlinear"}
 
 
 def test_mini_squad_sweep_jobs():
@@ -29,6 +29,8 @@ def test_mini_squad_sweep_jobs():
         assert (cfg.task.name, cfg.model.name, cfg.data.dir) == ("squad_v2", "minilm", "../shared/data/squad")
         assert cfg.train.schedule == "scaled" and cfg.train.eval_interval == cfg.train.max_steps
         assert cfg.train.num_threads == 1 and cfg.task.max_seq_length == 192
+        if cfg.method.name == "full":  # its own rate, measured (conf/sweep/arm/full_mini_squad.yaml)
+            assert cfg.method.lr == 2e-4
 
 
 @pytest.mark.skipif(not SHARED_SQUAD.is_dir(), reason="needs ../shared/data/squad")
