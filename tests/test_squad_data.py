@@ -572,3 +572,12 @@ def test_adalora_runs_a_scaled_squad_schedule_on_a_few_articles(tmp_path):
     values = metrics["schedule"]["values"]
     assert values["task.adalora.init_warmup"] == {"paper": 5000, "scaled": 0}
     assert values["task.adalora.final_warmup"] == {"paper": 50000, "scaled": 1}  # at least 1
+
+
+def test_paper_train_examples_is_checked_up_front():
+    from adarank import checks
+
+    for value in ("0", "-5", "1.5", "true"):
+        with pytest.raises(checks.ConfigError, match="task.paper_train_examples must be an integer >= 1"):
+            checks.check_static(compose(["task=squad_v2", "model=tiny", f"task.paper_train_examples={value}"]))
+    checks.check_static(compose(["task=squad_v2", "model=tiny", "task.paper_train_examples=null"]))
