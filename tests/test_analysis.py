@@ -290,6 +290,7 @@ def test_latex_escape_is_encoding_safe():
     assert escape('a < b > c "quoted" 5% x_1 #2 & {y} ~ ^') == (
         r"a $<$ b $>$ c ``quoted'' 5\% x\_1 \#2 \& \{y\} \textasciitilde{} \textasciicircum{}")
     assert escape("±1 † −2 – Δ é ✓") == r"$\pm$1 $\dagger$ $-$2 -- $\Delta$ e ?"
+    assert escape("LoRA+ (λ = 16), EVA (ρ = 2)") == r"LoRA+ ($\lambda$ = 16), EVA ($\rho$ = 2)"
 
 
 def test_best_mean_is_bold_and_significance_is_marked(known_tree):

@@ -11,11 +11,14 @@ TABLE1_ARMS = 11
 EXPECTED = {
     "lr_search_table1": (8 * TABLE1_ARMS * 6, "fair", {"0"}),
     "fair_table1": (8 * TABLE1_ARMS * 5, "fair", {"1", "2", "3", "4", "5"}),
+    # + DoRA, rsLoRA, PiSSA, LoRA+, EVA, SoRA (issue 27)
+    "lr_search_table1_extended": (8 * (TABLE1_ARMS + 6) * 6, "fair", {"0"}),
+    "fair_table1_extended": (8 * (TABLE1_ARMS + 6) * 5, "fair", {"1", "2", "3", "4", "5"}),
     "mini_fair_search": (2 * 5 * 4, "fair", {"0"}),
     "mini_fair": (2 * 5 * 5, "fair", {"1", "2", "3", "4", "5"}),
     "mini_fair_paper": (2 * 5 * 3, "paper", {"0", "1", "2"}),
 }
-NEEDS_TABLE = {"fair_table1", "mini_fair"}
+NEEDS_TABLE = {"fair_table1", "fair_table1_extended", "mini_fair"}
 
 
 def jobs_of(name: str) -> list[list[str]]:

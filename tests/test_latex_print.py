@@ -87,6 +87,7 @@ def test_tables_i_to_iv_print_at_7_pt_or_more(full_report, tmp_path, paper):
         assert body and max(body) <= 8 * 72 / 72.27 + 0.01  # never scaled up either
         text = tex.read_text()
         assert text.isascii() and r"\resizebox" not in text
+        assert "?" not in text  # no character lost to the OT1 fallback (LoRA+'s λ, EVA's ρ)
 
 
 def test_cost_and_per_rank_tables_print(full_report, tmp_path):

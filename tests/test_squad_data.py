@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from adarank.data.qa_postprocess import QuestionPrediction, postprocess_windows
+from adarank.data.qa_postprocess import QuestionPrediction, gap_summary, postprocess_windows, window_losses
 from adarank.data.squad import (
     SquadDataError,
     SquadEvaluator,
@@ -335,8 +335,9 @@ def test_question_without_any_valid_span_is_unanswered():
 class OracleModel(torch.nn.Module):
     """Puts its logits on the training labels of each window (recognised by its token ids)."""
 
-    def __init__(self, windows):
+    def __init__(self, windows, span_logit: float = 20.0, cls_logit: float = 10.0):
         super().__init__()
+        self.span_logit, self.cls_logit = span_logit, cls_logit
         self.labels = {tuple(ids.tolist()): (s, e, c) for ids, s, e, c in
                        zip(windows.input_ids, windows.start, windows.end, windows.cls_index)}
         self.calls = 0
@@ -348,9 +349,9 @@ class OracleModel(torch.nn.Module):
         for row, (ids, mask) in enumerate(zip(input_ids, attention_mask)):
             s, e, cls = self.labels[tuple(ids[mask.bool()].tolist())]
             if s == cls:
-                start[row, cls] = end[row, cls] = 10.0  # no answer here
+                start[row, cls] = end[row, cls] = self.cls_logit  # no answer here
             else:
-                start[row, s] = end[row, e] = 20.0
+                start[row, s] = end[row, e] = self.span_logit
         return type("Out", (), {"start_logits": start, "end_logits": end})()
 
 
@@ -476,3 +477,107 @@ def test_every_method_trains_the_qa_head(method, squad_batch):
     # ignores: its gradient is zero up to rounding, so only the weight's gradient is checked
     [weight] = [p for n, p in head.items() if n.endswith("weight")]
     assert weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------------------------
+# answerability diagnostics
+
+
+def test_window_losses_are_the_qa_head_loss_over_real_tokens():
+    start = torch.tensor([[2.0, 0.0, 0.0, 9.0], [0.0, 1.0, 0.0, 0.0]])
+    end = torch.tensor([[2.0, 0.0, 0.0, 9.0], [0.0, 0.0, 3.0, 0.0]])
+    real = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    losses = window_losses(start, end, real, torch.tensor([0, 1]), torch.tensor([0, 2]))
+    # window 0: position 3 is padding, so both sides are CE over (2, 0, 0) at index 0
+    first = math.log(math.exp(2) + 2) - 2
+    # window 1: start CE over (0, 1, 0, 0) at 1, end CE over (0, 0, 3, 0) at 2; averaged
+    second = ((math.log(3 + math.e) - 1) + (math.log(3 + math.exp(3)) - 3)) / 2
+    assert losses.tolist() == pytest.approx([first, second])
+
+
+def test_gap_summary_counts_answers_and_leaves_out_questions_without_a_span():
+    summary = gap_summary([-3.0, -1.0, 0.0, 2.0, math.inf], null_score_diff_threshold=0.0)
+    assert summary["questions"] == 5 and summary["no_span"] == 1
+    assert summary["answered"] == pytest.approx(60.0)  # -3, -1 and 0 (a tie answers)
+    assert summary["mean"] == pytest.approx(-0.5)
+    assert summary["q50"] == pytest.approx(-0.5) and summary["q10"] == pytest.approx(-2.4)
+    assert gap_summary([math.inf])["mean"] is None and gap_summary([])["answered"] is None
+
+
+def test_evaluation_reports_the_loss_split_and_the_score_gaps(tokenizer, fixture_data, caplog):
+    """An oracle that puts 4 on the gold start/end of span windows and 2 on CLS elsewhere (0 on
+    every other token): its loss and null-score differences are known in closed form."""
+    dev = fixture_data["validation"]
+    windows = tokenize_windows(dev, tokenizer, 64, 16)
+    evaluator = SquadEvaluator(dev, windows, task_cfg(max_seq_length=64, doc_stride=16), 5, make_collate(tokenizer.pad_token_id))
+    with caplog.at_level("INFO", logger="adarank"):
+        diagnostics = evaluator(OracleModel(windows, span_logit=4.0, cls_logit=2.0), torch.device("cpu"))["answerability"]
+    expected = {"span_windows": [], "cls_windows_unanswerable": [], "cls_windows_answer_elsewhere": []}
+    for w, ids in enumerate(windows.input_ids):
+        n = len(ids)
+        span = windows.start[w] != windows.cls_index[w]
+        top = 4.0 if span else 2.0  # one logit at `top` on the label, n - 1 zeros
+        group = "span_windows" if span else (
+            "cls_windows_answer_elsewhere" if dev.answers[windows.example_index[w]]["text"] else "cls_windows_unanswerable")
+        expected[group].append(math.log(math.exp(top) + n - 1) - top)
+    loss = diagnostics["loss"]
+    for group, values in expected.items():
+        assert loss[f"{group}_count"] == len(values) > 0
+        assert loss[group] == pytest.approx(sum(values) / len(values), rel=1e-5)
+    cls_values = expected["cls_windows_unanswerable"] + expected["cls_windows_answer_elsewhere"]
+    assert loss["cls_windows"] == pytest.approx(sum(cls_values) / len(cls_values), rel=1e-5)
+    assert loss["all_count"] == len(windows)
+    # answerable: span 4 + 4 against the null score of the answer's window (0): gap -8;
+    # unanswerable: null 2 + 2 against the best span of zeros: gap 4
+    gaps = diagnostics["score_gap"]
+    assert gaps["has_answer"]["questions"] == 6 and gaps["no_answer"]["questions"] == 3
+    assert gaps["has_answer"]["q10"] == gaps["has_answer"]["q90"] == pytest.approx(-8.0)
+    assert gaps["no_answer"]["mean"] == pytest.approx(4.0)
+    assert (gaps["has_answer"]["answered"], gaps["no_answer"]["answered"]) == (100.0, 0.0)
+    assert ("answered 100.00 % of answerable and 0.00 % of unanswerable questions; median null-score gap "
+            "-8.00 vs 4.00") in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# the scaled schedule on a part of the official training set
+
+
+def test_full_length_run_counts_the_official_training_set(tokenizer):
+    """train.schedule=scaled's T_paper: Table VI's steps belong to the paper's run on the official
+    130,319 questions, so a local part of it (the fixture's 11 questions) scales by that run."""
+    data_cfg = OmegaConf.create({"dir": str(FIXTURE), "cache_dir": None})
+    train_cfg = OmegaConf.create({"max_train_samples": None, "max_eval_samples": None, "eval_batch_size": 4})
+    official = load_squad_task(task_cfg(paper_train_examples=130319), data_cfg, train_cfg, tokenizer).info
+    assert official["train_features"] == 15
+    assert official["full_train_size"] == round(15 * 130319 / 11)
+    own = load_squad_task(task_cfg(paper_train_examples=None), data_cfg, train_cfg, tokenizer).info
+    assert own["full_train_size"] == 15
+
+
+def test_adalora_runs_a_scaled_squad_schedule_on_a_few_articles(tmp_path):
+    """AdaLoRA's SQuAD schedule (t_init 5000, t_final 50000) belongs to a run of ~100k steps: scaled
+    by 14 epochs of a few local articles (168 steps here) it left no budget phase (t_init 179 in a
+    6-step run) and the run was refused; scaled by the official set's run it fits."""
+    from adarank.run import run
+    from adarank.schedule_scaling import paper_steps
+
+    overrides = ["task=squad_v2", "method=adalora", "model=tiny", f"data.dir={FIXTURE}", "task.max_seq_length=96",
+                 "task.doc_stride=32", "task.batch_size=4", "train.max_steps=6", "train.schedule=scaled",
+                 "train.progress=off", "train.eval_batch_size=32", f"results.root={tmp_path}"]
+    metrics = run(compose(overrides), overrides)
+    assert metrics["status"] == "completed"
+    # 46 windows of 11 questions -> 544,970 windows of 130,319 -> 14 epochs of 136,243 batches
+    assert metrics["data"]["train_features"] == 46
+    assert metrics["schedule"]["paper_steps"] == paper_steps(544_970, 4, 14) == 1_907_402
+    values = metrics["schedule"]["values"]
+    assert values["task.adalora.init_warmup"] == {"paper": 5000, "scaled": 0}
+    assert values["task.adalora.final_warmup"] == {"paper": 50000, "scaled": 1}  # at least 1
+
+
+def test_paper_train_examples_is_checked_up_front():
+    from adarank import checks
+
+    for value in ("0", "-5", "1.5", "true"):
+        with pytest.raises(checks.ConfigError, match="task.paper_train_examples must be an integer >= 1"):
+            checks.check_static(compose(["task=squad_v2", "model=tiny", f"task.paper_train_examples={value}"]))
+    checks.check_static(compose(["task=squad_v2", "model=tiny", "task.paper_train_examples=null"]))

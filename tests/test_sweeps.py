@@ -26,6 +26,7 @@ EXPECTED_JOBS = {
     "mini": 2 * 10 * 3,    # MiniLM on real MRPC and STS-B x (9 paper arms + DyLoRA; not ALoRA, see the sweep) x 3 seeds
     "table1_extended": 8 * 17 * 3,  # table1's 11 arms + DoRA, rsLoRA, PiSSA, LoRA+, EVA, SoRA
     "mini_extended": 2 * 6 * 3,     # the six new arms at the mini sweep's setting
+    "mini_squad": 7 * 3,   # MiniLM on real SQuAD 2.0 x (6 Table IV arms, no HAdapter, + AdaLoRA) x 3 seeds
 }
 NEW_ARMS = ("dora", "rslora", "pissa", "loraplus", "eva", "sora")
 GROWING = {"increlora", "triadapt"}

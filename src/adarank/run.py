@@ -244,7 +244,7 @@ def _resolve_schedule(cfg, total_steps: int, full_train_size: int) -> dict:
     except schedule_scaling.ScheduleError as err:
         raise checks.ConfigError(f"method={cfg.method.name}: {err}") from err
     changed = ", ".join(f"{key} {v['paper']:g}->{v['scaled']:g}" for key, v in report["values"].items())
-    log.info("scaled schedule (x%.4f of the %d-step run): %s", report["factor"], report["paper_steps"], changed)
+    log.info("scaled schedule (x%.4g of the %d-step run): %s", report["factor"], report["paper_steps"], changed)
     return report
 
 

@@ -32,6 +32,7 @@ DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 COUNTS = {
     "task.batch_size": 1,
     "task.max_seq_length": 1,
+    "task.paper_train_examples": 1,  # SQuAD only; null = the train file's own size
     "train.eval_batch_size": 1,
     "train.log_interval": 1,
     "seed": 0,

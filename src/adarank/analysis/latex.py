@@ -8,7 +8,8 @@ that fits is taken, in this order: one column (``table``) at 8 pt, then 7 pt; th
 width (``table*``) at 8 pt, then 7 pt; last, ``table*`` at 7 pt with the data columns split into
 panels stacked one below the other. Nothing is ever set below 7 pt (``\\resizebox`` is not used),
 so a reader of the printed paper can read every number. A float never holds more than
-``MAX_ROWS`` text lines (longer tables continue in further floats).
+``MAX_ROWS`` text lines, counted over all its stacked panels (longer tables continue in further
+floats).
 
 Needs ``\\usepackage{booktabs}`` only.
 """
@@ -42,6 +43,11 @@ SPECIAL = {
     "±": r"$\pm$", "†": r"$\dagger$", "–": "--", "—": "---", "−": r"$-$", "Δ": r"$\Delta$",
     "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$", "…": r"\dots{}", "·": r"$\cdot$", "√": r"$\surd$",
     "‘": "`", "’": "'", "“": "``", "”": "''",
+    # Greek letters of method labels and options (LoRA+'s λ, EVA's ρ, SoRA's η and ξ, ...)
+    **{letter: f"$\\{name}$" for letter, name in zip("αβγδεηθκλμνξπρστφχψω",
+                                                    ("alpha", "beta", "gamma", "delta", "epsilon", "eta", "theta",
+                                                     "kappa", "lambda", "mu", "nu", "xi", "pi", "rho", "sigma",
+                                                     "tau", "phi", "chi", "psi", "omega"))},
 }
 
 
@@ -183,7 +189,7 @@ def _header_groups(table: Table, shown: list[int]) -> list[tuple[str, list[int]]
 def render(table: Table) -> str:
     """The table as one or more floats (LaTeX source)."""
     layout = choose_layout(table)
-    chunks = _row_chunks(table)
+    chunks = _row_chunks(table, MAX_ROWS // len(layout.panels))  # every panel repeats the rows
     floats = []
     for number, rows in enumerate(chunks):
         first, last = number == 0, number == len(chunks) - 1
@@ -206,9 +212,9 @@ def render(table: Table) -> str:
     return "\n\n".join(floats) + "\n"
 
 
-def _row_chunks(table: Table) -> list[list[int]]:
-    """Row indices per float: whole groups, at most MAX_ROWS text lines each (one group longer than
-    that is cut)."""
+def _row_chunks(table: Table, max_lines: int = MAX_ROWS) -> list[list[int]]:
+    """Row indices per float: whole groups, at most ``max_lines`` text lines each (one group longer
+    than that is cut)."""
     bounds = [0]
     for count in table.groups or [len(table.rows)]:
         bounds.append(bounds[-1] + count)
@@ -218,10 +224,10 @@ def _row_chunks(table: Table) -> list[list[int]]:
     chunks: list[list[int]] = [[]]
     for start, end in zip(bounds, bounds[1:]):
         group = list(range(start, end))
-        if chunks[-1] and sum(lines[i] for i in chunks[-1] + group) > MAX_ROWS:
+        if chunks[-1] and sum(lines[i] for i in chunks[-1] + group) > max_lines:
             chunks.append([])
         for i in group:
-            if chunks[-1] and sum(lines[k] for k in chunks[-1]) + lines[i] > MAX_ROWS:
+            if chunks[-1] and sum(lines[k] for k in chunks[-1]) + lines[i] > max_lines:
                 chunks.append([])
             chunks[-1].append(i)
     return [chunk for chunk in chunks if chunk] or [[]]

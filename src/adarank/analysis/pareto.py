@@ -17,6 +17,8 @@ from adarank.analysis.labels import arm_label
 from adarank.analysis.paper import task_label
 
 PANELS = (("trainable_peak_total", "trainable parameters (peak)", True), ("wall_seconds", "wall time per run (s)", False))
+MARKERS = "osD^vP*Xh<>"  # with the 10 default colours: a distinct (colour, marker) for up to 110 methods
+LEGEND_COLUMNS = 4
 
 
 def front(points: pd.DataFrame, cost: str) -> pd.DataFrame:
@@ -33,7 +35,17 @@ def front(points: pd.DataFrame, cost: str) -> pd.DataFrame:
 def pareto_figures(runs: pd.DataFrame, out_dir: Path) -> list:
     """One page-wide figure per (setup, task) with at least two methods:
     ``pareto_<task>_<setup id>.png``; the setup's whole label goes in the caption (figures.Drawn)."""
-    from adarank.analysis.figures import PAGE_WIDTH, STYLE, Drawn, file_name, plt, save, setup_sentence, title_tag
+    from adarank.analysis.figures import (
+        LEGEND_ROW,
+        PAGE_WIDTH,
+        STYLE,
+        Drawn,
+        file_name,
+        plt,
+        save,
+        setup_sentence,
+        title_tag,
+    )
 
     budgets = build_budgets(runs)
     if budgets.empty:
@@ -48,19 +60,22 @@ def pareto_figures(runs: pd.DataFrame, out_dir: Path) -> list:
             continue
         protocol = "fair" if "protocol=fair" in setup else "paper"
         with plt.rc_context(STYLE):
-            fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 2.8), sharey=True, layout="constrained")
+            legend_rows = -(-(len(part) + 1) // LEGEND_COLUMNS)
+            fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 2.8 + LEGEND_ROW * legend_rows), sharey=True,
+                                     layout="constrained")
             for ax, (cost, xlabel, log) in zip(axes, PANELS):
-                for row in part.itertuples():
+                for number, row in enumerate(part.itertuples()):
                     xerr = wall_std.get((setup, task, row.arm)) if cost == "wall_seconds" else None
                     ax.errorbar(getattr(row, cost), row.score, yerr=0.0 if pd.isna(row.score_std) else row.score_std,
-                                xerr=None if xerr is None or pd.isna(xerr) else xerr, fmt="o", capsize=2,
-                                label=arm_label(row.arm))
+                                xerr=None if xerr is None or pd.isna(xerr) else xerr, capsize=2, linestyle="none",
+                                marker=MARKERS[number % len(MARKERS)], color=f"C{number % 10}", label=arm_label(row.arm))
                 best = front(part.dropna(subset=[cost]), cost)
                 ax.plot(best[cost], best["score"], "--", color="grey", linewidth=0.8, label="Pareto front")
                 ax.set_xscale("log" if log else "linear")
                 ax.set_xlabel(xlabel)
             axes[0].set_ylabel(f"{task_label(task)} score")
-            axes[1].legend(loc="best", fontsize=6)
+            handles, labels = axes[1].get_legend_handles_labels()  # below both panels, never over the data
+            fig.legend(handles, labels, loc="outside lower center", ncols=LEGEND_COLUMNS, frameon=False)
             fig.suptitle(f"{task_label(task)}: score ({protocol} protocol) vs cost" + title_tag(setup).replace("\n", ", "))
             path = save(fig, out_dir / file_name(f"pareto_{task}", setup))
         seeds = ", ".join(f"{arm_label(row.arm)} {row.seeds}" for row in part.itertuples()) if "seeds" in part else ""

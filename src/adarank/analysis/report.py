@@ -51,7 +51,8 @@ class Report:
                 count = int((self.runs["setup"] == other).sum())
                 lines.append(f"  not shown: '{other}' ({count} runs): --setup '{other}' (or --setup all)")
         for name, tidy in self.tables.items():
-            cells = tidy[tidy["column"] != tables.AVG] if not tidy.empty else tidy
+            printed = ~tidy["column"].isin([tables.AVG, *tables.csv_only_columns(name)]) if not tidy.empty else None
+            cells = tidy[printed] if not tidy.empty else tidy
             filled = int((cells["n"] > 0).sum()) if not cells.empty else 0
             left = self.left_out[self.left_out["table"] == name]
             lines.append(f"{name}: {filled}/{len(cells)} cells with runs" + (f", {len(left)} run(s) left out" if len(left) else ""))
@@ -163,7 +164,8 @@ def captions_markdown(drawn: list[figures.Drawn]) -> str:
     """Every figure's caption (the setup label and seeds per line, which the figures leave out)."""
     parts = ["# Figure captions", "", "Setups (the id ends each file name):", ""]
     for setup in dict.fromkeys(d.setup for d in drawn):
-        parts.append(f"- `{tables.setup_id(setup)}`: {figures.setup_sentence(setup)}")
+        sentence = figures.setup_sentence(setup).removeprefix(f"Setup {tables.setup_id(setup)}: ")
+        parts.append(f"- `{tables.setup_id(setup)}`: {sentence}")
     parts.append("")
     for d in drawn:
         parts += [f"## {d.path.stem} (.pdf, .png)", "", d.caption, ""]

@@ -20,7 +20,8 @@ from pathlib import Path
 from adarank.analysis.defaults import REPO_CONF
 
 SWEEPS = ("table1", "table2", "table3", "table4", "fig2", "fig3", "fig4", "fig5", "mini", "table1_extended", "mini_extended",
-          "lr_search", "lr_search_table1", "fair_table1", "mini_fair_search", "mini_fair", "mini_fair_paper")
+          "mini_squad", "lr_search", "lr_search_table1", "fair_table1", "lr_search_table1_extended", "fair_table1_extended",
+          "mini_fair_search", "mini_fair", "mini_fair_paper")
 
 
 def sweep_jobs(name: str, overrides: list[str] = (), conf_dir: str | Path = REPO_CONF) -> list[list[str]]:

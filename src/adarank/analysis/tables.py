@@ -8,7 +8,8 @@ cell is printed as ``missing (0/3 seeds)``, never as a blank or a zero.
   mean) of the Linear and Non-Linear cells (reading A18), marked [L] or [N].
 * Table II: Non-Linear TriAdaptLoRA with method.orth_reg true / false.
 * Table III: Non-Linear TriAdaptLoRA with method.norm r / none / sqrt_r.
-* Table IV: SQuAD 2.0 EM and F1 (both taken at the evaluation with the best F1).
+* Table IV: SQuAD 2.0 EM and F1 (both taken at the evaluation with the best F1); the .csv also has
+  HasAns F1 and NoAns F1 (``csv_columns`` in paper_numbers.yaml), which the paper does not print.
 * Avg.: the mean of the 8 task means (how the paper's Avg. column is computed), only when all 8
   cells have runs.
 Std is the sample standard deviation (ddof=1) over seeds; one seed gives no std.
@@ -146,7 +147,7 @@ def left_out(runs: pd.DataFrame, table: str, setups: list[str]) -> pd.DataFrame:
 
 def _build_for_setup(runs: pd.DataFrame, table: str, setup: str) -> pd.DataFrame:
     squad = table == "table4"
-    columns = list(load_paper()["table4"]["columns"]) if squad else glue_tasks()
+    columns = [*load_paper()["table4"]["columns"], *csv_only_columns(table)] if squad else glue_tasks()
     model = ", ".join(sorted(set(map(str, runs["model"])))) if "model" in runs else None
     runs = runs[runs["task"].isin(table_tasks(table))]
     records = []
@@ -356,10 +357,11 @@ def diff_text(rec: dict) -> str:
 BLOCKS = {"Ours": ("mean", ours_text), "Paper": ("paper", paper_text), "Δ (ours − paper)": (None, diff_text)}
 
 
-def shown_columns(part: pd.DataFrame, setup: str) -> list[str]:
+def shown_columns(part: pd.DataFrame, setup: str, table: str) -> list[str]:
     """The paper's setup keeps every column of the paper's table; another setup (a mini sweep on
-    two tasks) shows only the columns it has runs in."""
-    columns = list(dict.fromkeys(part["column"]))
+    two tasks) shows only the columns it has runs in. Columns kept for the .csv only are never
+    printed."""
+    columns = [c for c in dict.fromkeys(part["column"]) if c not in csv_only_columns(table)]
     if setup != PAPER_SETUP:
         columns = [c for c in columns if part.loc[part["column"] == c, "mean"].notna().any()] or columns
     return columns
@@ -369,7 +371,7 @@ def blocks(tidy: pd.DataFrame, table: str, setup: str) -> dict[str, tuple[pd.Dat
     """Per block (Ours; Paper and Δ for the paper setup only): the cell texts and where the bold
     (best mean per column) goes, rows = method labels, columns = task labels."""
     part = tidy[tidy["setup"] == setup]
-    columns = shown_columns(part, setup)
+    columns = shown_columns(part, setup, table)
     labels = list(dict.fromkeys(part["label"]))
     out = {}
     for name, (value_key, text) in BLOCKS.items():
@@ -391,6 +393,11 @@ def blocks(tidy: pd.DataFrame, table: str, setup: str) -> dict[str, tuple[pd.Dat
 def _best(recs: list[dict], key: str | None) -> float | None:
     values = [r[key] for r in recs if key and r[key] is not None]
     return max(values) if values else None
+
+
+def csv_only_columns(table: str) -> dict:
+    """Columns written to the table's .csv but not printed (Table IV's HasAns / NoAns F1)."""
+    return load_paper()[table].get("csv_columns") or {}
 
 
 def _clean(rec: dict) -> dict:
@@ -461,7 +468,7 @@ def _has_runs(tidy: pd.DataFrame, setup: str) -> bool:
 
 def latex_table(tidy: pd.DataFrame, table: str, setup: str, paper: str = "delta", first: bool = True) -> latex.Table:
     part = tidy[tidy["setup"] == setup]
-    columns = shown_columns(part, setup)
+    columns = shown_columns(part, setup, table)
     with_paper = setup == PAPER_SETUP and paper != "none" and part["paper"].notna().any()
     layout = paper if with_paper else "none"
     header: list = ["Method"]

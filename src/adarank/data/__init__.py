@@ -12,7 +12,8 @@ class TaskData:
 
     ``evaluate(model, device, final)`` returns flat dev metrics on the 0-100 scale, the primary
     split's metrics under their plain names (e.g. ``accuracy``) and other splits' prefixed
-    (e.g. ``mismatched_accuracy``). ``final=False`` marks a periodic evaluation, which may use a
+    (e.g. ``mismatched_accuracy``); SQuAD adds one nested dict of diagnostics, ``answerability``
+    (data/squad.py). ``final=False`` marks a periodic evaluation, which may use a
     capped sample (SQuAD); ``final=True`` always uses the whole dev set.
     """
 

@@ -20,6 +20,13 @@ with ``version_2_with_negative``), which both reference codes use:
 
 Only the best span survives, so the n-best list itself is not kept. ``score_diff`` is kept per
 question: it is the no-answer score the SQuAD 2.0 scorer's best-threshold search needs.
+
+**Answerability diagnostics** (:func:`window_losses`, :func:`gap_summary`): what a user watches
+to see whether a run learns to answer at all. A model that predicts CLS everywhere reaches a low
+loss on CLS-labelled windows (two thirds of the windows at 192 tokens) long before it finds spans,
+and then answers "no answer" to every question: the per-window loss split into CLS-labelled and
+span-labelled windows, and the distribution of ``score_diff`` over answerable and unanswerable
+questions, show how far it is from answering (docs/mini-reproduction.md, SQuAD).
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+GAP_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 @dataclass
@@ -158,3 +168,38 @@ def postprocess_windows(
             float(best.null_score[i]),
         )
     return aggregator.predictions
+
+
+def window_losses(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    real_mask: torch.Tensor,
+    start_positions: torch.Tensor,
+    end_positions: torch.Tensor,
+) -> torch.Tensor:
+    """Per-window training loss [B]: (cross-entropy of the start + that of the end) / 2, the loss of
+    transformers' ``*ForQuestionAnswering`` heads, taken over the window's real tokens only (so it
+    does not depend on how a batch was padded; training takes it over the padded width)."""
+    def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float().masked_fill(~real_mask, -math.inf)
+        return torch.nn.functional.cross_entropy(logits, target, reduction="none")
+
+    return (cross_entropy(start_logits, start_positions) + cross_entropy(end_logits, end_positions)) / 2
+
+
+def gap_summary(score_diffs, null_score_diff_threshold: float = 0.0) -> dict:
+    """Distribution of ``null_score - best_span_score`` over a set of questions: ``questions``,
+    ``answered`` (percent with a span answer, i.e. ``score_diff <= threshold``), ``no_span``
+    (questions without any valid span, score_diff +inf), and ``mean`` and the quantiles ``q10``,
+    ``q25``, ``q50``, ``q75``, ``q90`` of the finite differences (None when there is none)."""
+    diffs = np.asarray(list(score_diffs), dtype=np.float64)
+    finite = diffs[np.isfinite(diffs)]
+    out = {
+        "questions": int(diffs.size),
+        "answered": float(100.0 * np.mean(diffs <= null_score_diff_threshold)) if diffs.size else None,
+        "no_span": int(diffs.size - finite.size),
+        "mean": float(finite.mean()) if finite.size else None,
+    }
+    for q in GAP_QUANTILES:
+        out[f"q{round(q * 100)}"] = float(np.quantile(finite, q)) if finite.size else None
+    return out

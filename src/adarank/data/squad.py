@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -45,8 +46,10 @@ from omegaconf import OmegaConf
 
 from adarank.data import TaskData
 from adarank.data import split as splitting
-from adarank.data.qa_postprocess import QuestionAggregator, best_spans_in_windows
+from adarank.data.qa_postprocess import QuestionAggregator, best_spans_in_windows, gap_summary, window_losses
 from adarank.metrics.squad_v2 import squad_v2_scores
+
+log = logging.getLogger("adarank")
 
 SPLIT_FILES = {"train": "train-v2.0.json", "validation": "dev-v2.0.json"}
 TOKENIZE_CHUNK = 1000  # examples per tokenizer call (bounds the memory of offset lists)
@@ -365,6 +368,10 @@ class SquadEvaluator:
 
     After a call, ``last_predictions`` maps question id -> answer text ("" = no answer) and
     ``last_score_diffs`` question id -> null-score difference (the no-answer score).
+
+    Besides the SQuAD 2.0 scores, each evaluation returns ``answerability`` (see
+    :func:`answerability_diagnostics`): the dev loss of the evaluated windows split by label, and the
+    distribution of the null-score difference over answerable and unanswerable questions.
     """
 
     def __init__(self, examples: SquadExamples, windows: Windows, task_cfg, batch_size: int, collate,
@@ -389,7 +396,7 @@ class SquadEvaluator:
         chosen = None if final else self.periodic_examples
         examples = range(len(self.examples)) if chosen is None else sorted(chosen)
         window_ids = [w for w, e in enumerate(self.windows.example_index) if chosen is None or e in chosen]
-        aggregator = self._predict(model, device, window_ids)
+        aggregator, losses = self._predict(model, device, window_ids)
         threshold = float(self.task.null_score_diff_threshold)
         references, spans, diffs, answers = {}, {}, {}, {}
         for e in examples:
@@ -403,13 +410,17 @@ class SquadEvaluator:
         self.last_predictions, self.last_score_diffs = answers, diffs
         metrics["eval_examples"] = len(references)
         metrics["dev_examples"] = self.dev_examples
+        metrics["answerability"] = answerability_diagnostics(self.windows, self.examples, losses, references, diffs, threshold)
+        log.info(answerability_line(metrics["answerability"]))
         return metrics
 
-    def _predict(self, model, device, window_ids: list[int]) -> QuestionAggregator:
+    def _predict(self, model, device, window_ids: list[int]) -> tuple[QuestionAggregator, dict[int, float]]:
+        """Post-processed predictions of the windows, and each window's loss {window: loss}."""
         # longest windows first so batches hold windows of similar length (less padding)
         order = sorted(window_ids, key=lambda w: -len(self.windows.input_ids[w]))
         dataset = WindowDataset(self.windows, with_labels=False)
         aggregator = QuestionAggregator()
+        losses: dict[int, float] = {}
         was_training = model.training
         model.eval()
         try:
@@ -418,11 +429,16 @@ class SquadEvaluator:
                     batch_ids = order[begin : begin + self.batch_size]
                     batch = self.collate([dataset[w] for w in batch_ids])
                     out = model(**{k: v.to(device) for k, v in batch.items()})
-                    self._fold(aggregator, batch_ids, batch["attention_mask"].bool(), out.start_logits.float().cpu(),
-                               out.end_logits.float().cpu())  # fp32 span scores under bf16 too
+                    real_mask = batch["attention_mask"].bool()
+                    start_logits, end_logits = out.start_logits.float().cpu(), out.end_logits.float().cpu()  # fp32 under bf16 too
+                    self._fold(aggregator, batch_ids, real_mask, start_logits, end_logits)
+                    labels = [torch.tensor([getattr(self.windows, side)[w] for w in batch_ids]) for side in ("start", "end")]
+                    width = real_mask.shape[1]
+                    batch_losses = window_losses(start_logits[:, :width], end_logits[:, :width], real_mask, *labels)
+                    losses.update(zip(batch_ids, batch_losses.tolist()))
         finally:
             model.train(was_training)
-        return aggregator
+        return aggregator, losses
 
     def _fold(self, aggregator, batch_ids, real_mask, start_logits, end_logits) -> None:
         width = real_mask.shape[1]
@@ -443,8 +459,65 @@ class SquadEvaluator:
             )
 
 
+def answerability_diagnostics(windows: Windows, examples: SquadExamples, losses: dict[int, float],
+                              references: dict, score_diffs: dict, threshold: float) -> dict:
+    """What shows whether a run learns to answer (qa_postprocess.py, "Answerability diagnostics").
+
+    ``loss``: the mean per-window loss (:func:`window_losses`) over the evaluated windows, over
+    all of them, the CLS-labelled ones (``cls_windows``) and the span-labelled ones
+    (``span_windows``); the CLS-labelled ones split further into windows of unanswerable questions
+    (``cls_windows_unanswerable``) and windows of answerable questions whose answer lies outside
+    them (``cls_windows_answer_elsewhere``); each with its window count (``*_count``).
+    ``score_gap``: :func:`gap_summary` of the null-score difference over answerable
+    (``has_answer``) and unanswerable (``no_answer``) questions. A run that learns answerability
+    drives the gap down on answerable questions and keeps it up on unanswerable ones.
+    """
+    groups: dict[str, list[float]] = {"all": [], "cls_windows": [], "span_windows": [],
+                                      "cls_windows_unanswerable": [], "cls_windows_answer_elsewhere": []}
+    for w, loss in losses.items():
+        groups["all"].append(loss)
+        if windows.start[w] != windows.cls_index[w]:
+            groups["span_windows"].append(loss)
+            continue
+        groups["cls_windows"].append(loss)
+        answerable = bool(examples.answers[windows.example_index[w]]["text"])
+        groups["cls_windows_answer_elsewhere" if answerable else "cls_windows_unanswerable"].append(loss)
+    loss_split = {}
+    for name, values in groups.items():
+        loss_split[name] = float(np.mean(values)) if values else None
+        loss_split[f"{name}_count"] = len(values)
+    has_answer = [score_diffs[qid] for qid, golds in references.items() if golds]
+    no_answer = [score_diffs[qid] for qid, golds in references.items() if not golds]
+    return {"loss": loss_split, "score_gap": {"has_answer": gap_summary(has_answer, threshold),
+                                               "no_answer": gap_summary(no_answer, threshold)}}
+
+
+def answerability_line(diagnostics: dict) -> str:
+    """One log line of :func:`answerability_diagnostics` (the train log holds all of it)."""
+    loss, gap = diagnostics["loss"], diagnostics["score_gap"]
+
+    def number(value) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    return (f"answerability: answered {number(gap['has_answer']['answered'])} % of answerable and "
+            f"{number(gap['no_answer']['answered'])} % of unanswerable questions; median null-score gap "
+            f"{number(gap['has_answer']['q50'])} vs {number(gap['no_answer']['q50'])}; dev loss of "
+            f"CLS-labelled windows {number(loss['cls_windows'])}, span-labelled {number(loss['span_windows'])}")
+
+
 # --------------------------------------------------------------------------------------------
 # entry point
+
+
+def full_train_windows(task_cfg, windows: int, questions: int, split_questions: int) -> int:
+    """Training windows of the full-length run, which sets train.schedule=scaled's T_paper:
+    ``task.paper_train_examples`` questions (the official training set, 130,319 for SQuAD 2.0;
+    null: the train split read) at this run's windows per question. A train split that is a part
+    of the official one (``train.max_train_samples``, or a local file of a few articles such as
+    ../shared/data/squad) thus scales Table VI's step values, set for the paper's run on the
+    whole official set, by the paper's run length, not by the part's (docs/reproducing.md)."""
+    full_questions = task_cfg.get("paper_train_examples") or split_questions
+    return round(windows * full_questions / max(1, questions))
 
 
 def load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer, protocol_cfg=None) -> TaskData:
@@ -467,9 +540,7 @@ def load_squad_task(task_cfg, data_cfg, train_cfg, tokenizer, protocol_cfg=None)
     info = {
         "train_examples": len(train_examples),
         "train_features": len(train_windows),
-        # training windows of the whole train split (estimated in proportion when capped by
-        # max_train_samples): sets train.schedule=scaled's T_paper
-        "full_train_size": round(len(train_windows) * len(raw["train"]) / max(1, len(train_examples))),
+        "full_train_size": full_train_windows(task_cfg, len(train_windows), len(train_examples), len(raw["train"])),
         "validation_examples": len(dev_examples),
         "validation_features": len(dev_windows),
         "train_no_answer_windows": sum(1 for s, c in zip(train_windows.start, train_windows.cls_index) if s == c),
