@@ -7,7 +7,6 @@ which the title names."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pandas as pd

@@ -27,7 +27,6 @@ import contextlib
 import functools
 from collections import Counter
 
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 PHASES = ("forward", "regulariser", "update", "hooks", "scoring")
