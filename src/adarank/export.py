@@ -170,24 +170,18 @@ def _load_peft(model, adapter: Path, cfg, metrics, run_dir, rank) -> nn.Module:
     return PeftModel.from_pretrained(model, str(adapter))
 
 
-class _NoScheduler:
-    """restore_structure hands new parameters to a scheduler; the export trains nothing."""
-
-    def add_param_group(self, *args, **kwargs) -> None:
-        pass
-
-
 def _load_increlora(model, adapter: Path, cfg, metrics, run_dir, rank) -> nn.Module:
     """IncreLoRA saves its trainable tensors (trainable.pt): rebuild the grown structure from the
     growth log (as a checkpoint resume does), set the frozen reserve E (1e-5, or 0 when the budget
     closed exactly), then load the tensors."""
     from adarank.methods import method_class
+    from adarank.training.best_state import NoScheduler
 
     threshold = OmegaConf.create({**OmegaConf.to_container(cfg.threshold), "name": metrics.get("threshold") or "fixed"})
     method = method_class("increlora")(cfg.method, cfg.task, threshold, cfg.model)
     model = method.prepare(model)
     growth = [json.loads(line) for line in (run_dir / "growth_log.jsonl").read_text().splitlines() if line.strip()]
-    method.restore_structure(model, _NoScheduler(), {"reserve_added": True, "growth_log": growth})
+    method.restore_structure(model, NoScheduler(), {"reserve_added": True, "growth_log": growth})
     if (metrics.get("rank") or {}).get("reserve_zeroed"):
         for layer in method.layers.values():
             layer.zero_reserve()

@@ -25,8 +25,9 @@ def snapshot(model: torch.nn.Module, method) -> dict:
     return {"model": tensors, "method": copy.deepcopy(method.state_dict())}
 
 
-class _NoScheduler:
-    """``restore_structure`` hands the regrown parameters to a scheduler; an evaluated copy has none."""
+class NoScheduler:
+    """``restore_structure`` hands the regrown parameters to a scheduler; a model rebuilt only to be
+    evaluated or exported has none."""
 
     def add_param_group(self, params, **options) -> None:
         pass
@@ -34,6 +35,6 @@ class _NoScheduler:
 
 def restore(model: torch.nn.Module, method, state: dict) -> None:
     """Bring a freshly built (step-0) ``model`` and ``method`` to the snapshot ``state``."""
-    method.restore_structure(model, _NoScheduler(), state["method"])
+    method.restore_structure(model, NoScheduler(), state["method"])
     load_tensors(model, state["model"])
     method.load_state_dict(state["method"])
