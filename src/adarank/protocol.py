@@ -14,7 +14,6 @@ checks a whole sweep's LR table before its first job (:class:`LrTableCheck`).
 
 from __future__ import annotations
 
-import math
 import os
 
 from omegaconf import OmegaConf, open_dict
@@ -64,11 +63,11 @@ def check(cfg, threshold: str | None) -> None:
         raise ConfigError(MISSING_TABLE)
     _integer("protocol.split_seed", fair.split_seed, minimum=0)
     size = fair.val_size
-    if not _number(size) or size <= 0 or (size >= 1 and not float(size).is_integer()):
+    if not validation.is_finite_number(size) or size <= 0 or (size >= 1 and not float(size).is_integer()):
         raise ConfigError(f"protocol.val_size must be a fraction in (0, 1) or a whole count >= 1, got {size!r}")
     if fair.val_max is not None:
         _integer("protocol.val_max", fair.val_max, minimum=1)
-    if not _number(fair.lr_scale) or fair.lr_scale <= 0:
+    if not validation.is_finite_number(fair.lr_scale) or fair.lr_scale <= 0:
         raise ConfigError(f"protocol.lr_scale must be a number > 0, got {fair.lr_scale!r}")
     if fair.lr_table is not None:
         if fair.lr_scale != 1:
@@ -82,10 +81,6 @@ def check(cfg, threshold: str | None) -> None:
 def _integer(key: str, value, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # -- the learning rate ----------------------------------------------------------------------------
@@ -127,7 +122,7 @@ def read_lr_table(path) -> dict[tuple[str, str], float]:
     table = {}
     for task, arms in section.items():
         for arm, value in (arms or {}).items():
-            if not _number(value) or value <= 0:
+            if not validation.is_finite_number(value) or value <= 0:
                 raise ConfigError(f"protocol.lr_table={path}: lr.{task}.{arm} is {value!r}, not a learning rate > 0")
             table[(str(task), str(arm))] = float(value)
     return table

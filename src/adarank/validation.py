@@ -148,3 +148,9 @@ def _is_int(value) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def is_finite_number(value) -> bool:
+    """A real number (int or float, not a bool), neither NaN nor infinite: what every numeric
+    option of the protocol and of the methods' own checks must be."""
+    return _is_number(value) and abs(value) != float("inf")

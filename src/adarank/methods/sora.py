@@ -38,6 +38,7 @@ from torch import nn
 from adarank.methods import lowrank
 from adarank.methods.base import Method, StepContext
 from adarank.models import adapted_module_names, freeze_all_but_heads
+from adarank.validation import is_finite_number
 
 PROXIMAL = ("official", "soft")
 SCHEDULES = ("linear", "log_linear", "exp_linear")
@@ -126,10 +127,6 @@ def _opt(cfg, key):
     return lowrank.option(cfg, DEFAULTS, key)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 class SoRA(Method):
     name = "sora"
 
@@ -138,10 +135,10 @@ class SoRA(Method):
         lowrank.check_common("sora", method_cfg, DEFAULTS, task_cfg)
         lowrank.max_rank(method_cfg, DEFAULTS, task_cfg)
         for key in ("l1_weight", "xi"):
-            if not _is_number(_opt(method_cfg, key)) or _opt(method_cfg, key) < 0:
+            if not is_finite_number(_opt(method_cfg, key)) or _opt(method_cfg, key) < 0:
                 raise ValueError(f"method.{key} must be a number >= 0, not {_opt(method_cfg, key)!r}")
         gate_lr = _opt(method_cfg, "gate_lr")
-        if gate_lr is not None and (not _is_number(gate_lr) or gate_lr <= 0):
+        if gate_lr is not None and (not is_finite_number(gate_lr) or gate_lr <= 0):
             raise ValueError(f"method.gate_lr must be a number > 0 (or null = the run's LR), not {gate_lr!r}")
         if _opt(method_cfg, "proximal") not in PROXIMAL:
             raise ValueError(f"method.proximal must be one of {PROXIMAL}, not {_opt(method_cfg, 'proximal')!r}")
@@ -159,11 +156,11 @@ class SoRA(Method):
         if kind not in SCHEDULES:
             raise ValueError(f"method.schedule must be null or one of {SCHEDULES}, not {kind!r}")
         max_xi, stages, epochs = (_opt(method_cfg, k) for k in (*stage_keys, "stage_epochs"))
-        if not _is_number(max_xi) or max_xi <= 0:
+        if not is_finite_number(max_xi) or max_xi <= 0:
             raise ValueError(f"method.schedule_max_xi must be a number > 0, not {max_xi!r}")
         if not isinstance(stages, int) or isinstance(stages, bool) or stages < 2:
             raise ValueError(f"method.schedule_stages (the official lambda_num) must be an integer >= 2, not {stages!r}")
-        if not _is_number(epochs) or epochs <= 0:
+        if not is_finite_number(epochs) or epochs <= 0:
             raise ValueError(f"method.stage_epochs must be a number > 0, not {epochs!r}")
         if kind == "exp_linear" and not _opt(method_cfg, "xi") > 0:
             raise ValueError("method.schedule=exp_linear interpolates log ξ: method.xi must be > 0")
