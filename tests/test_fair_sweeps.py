@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from adarank.analysis.sweeps import compose_jobs, sweep_jobs
+from adarank.analysis.sweep_configs import compose_jobs, sweep_jobs
 
 TABLE1_ARMS = 11
 EXPECTED = {

@@ -9,7 +9,8 @@ import math
 import pytest
 
 from adarank.analysis import gpu_hours
-from adarank.analysis.sweeps import main, sweep_jobs
+from adarank.analysis.sweep_configs import sweep_jobs
+from adarank.analysis.sweeps import main
 
 
 def test_steps_and_hours_of_a_slice_by_hand(tmp_path, capsys):

@@ -11,7 +11,7 @@ import pytest
 from adarank import checks, schedule_scaling
 from adarank.analysis import build_report
 from adarank.analysis.synthetic import fake_run
-from adarank.analysis.sweeps import compose_jobs, sweep_jobs
+from adarank.analysis.sweep_configs import compose_jobs, sweep_jobs
 from adarank.analysis.tables import to_markdown
 from adarank.methods.growth_clock import count_growth_steps
 from tests.conftest import REPO

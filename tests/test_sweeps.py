@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from adarank.analysis.sweeps import compose_jobs, sweep_jobs
-from adarank.gpu_slots import acquire_slot, claim_gpu, try_lock
+from adarank.analysis.sweep_configs import compose_jobs, sweep_jobs
+from adarank.gpu_locks import acquire_slot, claim_gpu, try_lock
 from tests.conftest import CONF_DIR, REPO
 
 EXPECTED_JOBS = {
@@ -178,7 +178,7 @@ def test_gpu_slots_are_exclusive(tmp_path):
 
 def test_gpu_slot_lock_is_released_when_the_process_dies(tmp_path):
     code = (
-        "import sys, time; from pathlib import Path; from adarank.gpu_slots import try_lock; "
+        "import sys, time; from pathlib import Path; from adarank.gpu_locks import try_lock; "
         f"h = try_lock(Path({str(tmp_path)!r}) / 'gpu0.lock'); print('locked' if h else 'busy', flush=True); "
         "sys.stdin.readline()"
     )

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from adarank import checks, protocol, results, run_folder, schedule_scaling
 from adarank.budget import TrainableBudget
 from adarank.data import build_task_data, fingerprint
-from adarank.gpu_slots import claim_gpu
+from adarank.gpu_locks import claim_gpu
 from adarank.methods import method_class
 from adarank.models import apply_positional_query_option, load_model, load_tokenizer
 from adarank.tracking import make_tracker

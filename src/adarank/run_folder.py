@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Iterator
 
 from adarank import results
-from adarank.gpu_slots import try_lock
+from adarank.gpu_locks import try_lock
 from adarank.training.checkpoint import Requeued
 
 log = logging.getLogger("adarank")

@@ -80,7 +80,7 @@ def calibrate(jobs: list[list[str]], steps: int = CALIBRATION_STEPS, log=print, 
     """One short run per (task, arm, model) of ``jobs`` on this machine (see the module docstring)."""
     import torch
 
-    from adarank.analysis.sweeps import compose_jobs
+    from adarank.analysis.sweep_configs import compose_jobs
     from adarank.checks import ConfigError
     from adarank.training.loop import pick_device
 
@@ -120,7 +120,7 @@ def _calibration_run(job: list[str], steps: int, max_steps: int, root: Path) -> 
     says, up to ``max_steps``."""
     import re
 
-    from adarank.analysis.sweeps import compose_jobs
+    from adarank.analysis.sweep_configs import compose_jobs
     from adarank.checks import ConfigError
     from adarank.run import run
 
@@ -154,7 +154,7 @@ def _merge(job: list[str], extra: list[str]) -> list[str]:
 def estimate(jobs: list[list[str]], calibration: dict) -> dict:
     """Steps and device-hours per (task, arm, model) and in total; jobs whose arm the calibration
     lacks are counted in steps and listed as ``uncalibrated``."""
-    from adarank.analysis.sweeps import compose_jobs
+    from adarank.analysis.sweep_configs import compose_jobs
 
     rows: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "steps": 0, "eval_batches": 0, "seconds": 0.0})
     missing = set()

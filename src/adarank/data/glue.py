@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from adarank.data import TaskData
+from adarank.data.task_data import TaskData
 from adarank.data import split as splitting
 from adarank.metrics.glue import glue_metrics
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from adarank.data import TaskData
+from adarank.data.task_data import TaskData
 from adarank.data import split as splitting
 from adarank.data.qa_postprocess import QuestionAggregator, best_spans_in_windows, gap_summary, window_losses
 from adarank.metrics.squad_v2 import squad_v2_scores

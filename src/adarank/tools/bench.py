@@ -390,7 +390,7 @@ def build_runner(bc: BenchConfig, label: str, index: int, device: torch.device) 
 
 def run_threads(bc: BenchConfig, runners: list[Runner], datasets: list[list]) -> None:
     """Train every runner through the real loop, taking turns step by step."""
-    from adarank.data import TaskData
+    from adarank.data.task_data import TaskData
     from adarank.tracking import NullTracker
     from adarank.training.loop import train
 
