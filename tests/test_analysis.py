@@ -149,6 +149,20 @@ def test_squad_table(known_tree):
     assert cell(t4, "full", "f1")["n"] == 0
 
 
+def test_squad_runs_with_answerability_diagnostics_are_read_and_bad_leaves_refused(tmp_path, caplog):
+    """A SQuAD evaluation nests its diagnostics (data/squad.py) in best / final: make tables reads
+    such runs (it once skipped every real SQuAD run as "not a number") but still checks each leaf."""
+    diagnostics = {"loss": {"cls_windows": 0.35, "cls_windows_count": 828, "span_windows": None},
+                   "score_gap": {"has_answer": {"questions": 429, "answered": 0.0, "q50": 7.14}}}
+    root = tmp_path / "raw"
+    fake_run(root, "squad_v2", "lora", 0, 49.53, extra_best={"exact": 49.53, "answerability": diagnostics})
+    assert cell(build_report(root).tables["table4"], "lora", "f1")["mean"] == pytest.approx(49.53)
+    bad = {**diagnostics, "score_gap": {"has_answer": {"q50": "7.1"}}}
+    fake_run(root, "squad_v2", "lora", 1, 50.0, extra_best={"exact": 50.0, "answerability": bad})
+    assert list(load_runs(root)["seed"]) == [0]
+    assert "best.answerability.score_gap.has_answer.q50 is '7.1', not a number" in caplog.text
+
+
 def test_runs_without_metrics_are_ignored_and_duplicates_counted_once(known_tree):
     runs = load_runs(known_tree)
     assert 7 not in set(runs["seed"])

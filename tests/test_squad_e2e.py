@@ -89,3 +89,14 @@ def test_train_py_squad_v2_triadapt(squad_runs):
     growth = (folder / "growth_log.jsonl").read_text().splitlines()
     assert len(growth) >= 1  # ranks grew during the SQuAD run
     assert metrics["costs"]["trainable_params_end"] > metrics["costs"]["trainable_params_start"]
+
+
+def test_make_tables_reads_the_squad_runs(squad_runs, tmp_path):
+    """Table IV from the real runs: their answerability diagnostics do not make the reader skip them."""
+    from adarank.analysis import write_report
+
+    root = next(iter(squad_runs.values())).parents[3]
+    report = write_report(root, tmp_path / "tables")
+    table4 = (tmp_path / "tables" / "table4.csv").read_text()
+    assert sorted(report.runs["arm"]) == sorted(["lora", *(["triadapt_linear"] if HAS_TRIADAPT else [])])
+    assert "LoRA" in table4

@@ -322,8 +322,10 @@ def metrics_problems(metrics) -> list[str]:
         if isinstance(metrics.get(section), dict):
             read = RANK_NUMBERS if section == "rank" else metrics[section]
             values = {k: metrics[section].get(k) for k in read}
-            if section == "costs":  # costs.trainable (budget.py): {start|peak|end: {part: count}}
-                values.update(_leaves("trainable", values.pop("trainable", None)))
+            # nested sections are read leaf by leaf: costs.trainable (budget.py: {start|peak|end:
+            # {part: count}}) and a SQuAD evaluation's answerability diagnostics (data/squad.py)
+            for key in [k for k, v in values.items() if isinstance(v, dict)]:
+                values.update(_leaves(key, values.pop(key)))
             problems += [f"{section}.{k} is {v!r}, not a number" for k, v in values.items()
                          if v is not None and not _is_number(v)]
     if isinstance(metrics.get("by_rank"), dict):
