@@ -177,3 +177,19 @@ def test_cli_writes_json_with_per_method_memory_from_fresh_processes(tmp_path):
     for row in report["results"]:
         assert row["peak_memory_mb"] > 0 and row["memory_kind"] in ("cpu_rss_hwm", "cuda_max_allocated")
     assert report["results"][1]["x_floor"] is not None
+
+
+@pytest.mark.parametrize("whole_run", [False, True])
+def test_collate_runs_in_the_runner_thread_on_cuda_too(whole_run):
+    """The turn-taking collate is the bench's step clock: on CUDA, where the harness loads batches
+    in worker processes (train.num_workers=auto), a forked worker cannot synchronise CUDA and the
+    turns waited forever (seen on an H200). Every bench config loads batches in-thread."""
+    from adarank.tools.bench import METHODS, compose_cfg
+    from adarank.training.batches import loader_workers
+
+    bc = BenchConfig(preset="tiny", batch=2, seq_len=16, steps=60, warmup=1, interval=2, whole_run=whole_run,
+                     task="rte", methods=tuple(METHODS), memory=False, ops=False)
+    cuda = torch.device("cuda")  # composing needs no GPU: only the device's type is read
+    for label in METHODS:
+        cfg = compose_cfg(bc, label, cuda)[0]
+        assert cfg.train.device == "cuda" and loader_workers(cfg.train.num_workers, cuda) == 0, label

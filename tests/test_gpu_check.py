@@ -40,3 +40,23 @@ def test_model_flops_per_token_at_deberta_v3_base_dims():
     # per layer 4 x 768^2 + 2 x 768 x 3072 = 7,077,888 linear weights; x 12 layers = 84,934,656
     # 4 x 84,934,656 + 12 x 12 x 128 x 768 = 339,738,624 + 14,155,776
     assert model_flops_per_token(768, 12, 3072, 128) == 353_894_400
+
+
+def test_a_failing_bench_keeps_parts_1_to_3_and_a_rerun_into_the_same_folder_works(tmp_path, monkeypatch):
+    """On the first H200 the step-time bench hung and the whole report was lost; and a second run
+    into the same --out found two run folders per arm. Now parts 1-3 are written before the bench,
+    a bench error fails the verdict without hiding them, and each run starts from a clean folder."""
+    import adarank.tools.gpu_check as gpu_check
+
+    args = ["--device", "cpu", "--arms", "lora", "--steps", "4", "--out", str(tmp_path)]
+    assert main([*args, "--no-bench"]) == 0
+
+    def broken_bench(*_args, **_kwargs):
+        raise RuntimeError("benchmark of lora failed")
+
+    monkeypatch.setattr(gpu_check, "step_times", broken_bench)
+    assert main(args) == 1  # the same folder again, now with a bench that fails
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [r["arm"] for r in report["arms"]] == ["lora"] and report["arms"][0]["syncs_max_ordinary"] == 0
+    assert "benchmark of lora failed" in report["bench_error"] and report["verdict"] == "FAILED: step-time bench"
+    assert "Step-time bench failed" in (tmp_path / "gpu_check.md").read_text()

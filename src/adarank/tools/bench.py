@@ -177,6 +177,10 @@ def compose_cfg(bc: BenchConfig, label: str, device: torch.device):
         "train.progress=off",
         f"train.device={device.type}",
         f"train.precision={bc.precision or ('bf16' if device.type == 'cuda' else 'fp32')}",
+        # the turn-taking collate (run_threads) is the bench's step clock: it must run in the runner's
+        # own thread, never in a DataLoader worker process (train.num_workers=auto means 2 on CUDA,
+        # where a forked worker cannot synchronise CUDA and the turns would wait forever)
+        "train.num_workers=0",
         "logger=none",
     ]
     if registry_name == "eva":  # EVA's SVD batches must not look like training batches to the turn-taking collate
