@@ -174,6 +174,26 @@ def test_sigint_stops_after_the_step_with_a_checkpoint_and_the_rerun_finishes_id
     assert_same_run(ref_folder, folder)
 
 
+def test_a_resumed_runs_wall_time_counts_the_processes_before_it(make_cfg, monkeypatch):
+    """costs.wall_seconds of a resumed run is the whole run's: the first process (slowed to 0.2 s
+    a step, stopped after step 6) spent >= 1.2 s, which the resumed process's own wall time (fast
+    steps) would miss; the mini SQuAD sweep's resumed runs reported only their last part."""
+    cfg, final = make_cfg([*COMMON, "method=lora", "train.checkpoint_interval=3"])
+    monkeypatch.setenv(checkpoint.TEST_STEP_SECONDS_ENV, "0.2")
+    monkeypatch.setenv(checkpoint.TEST_SIGNAL_ENV, "6:INT")
+    with pytest.raises(checkpoint.Interrupted, match="interrupted at step 6"):
+        run_module.run(cfg, final)
+    folder = run_folder(Path(cfg.results.root))
+    saved = checkpoint.read(folder)
+    assert saved["loop"]["step"] == 6 and saved["resumes"] == 0 and saved["wall_seconds"] >= 1.2
+    monkeypatch.delenv(checkpoint.TEST_STEP_SECONDS_ENV)
+    monkeypatch.delenv(checkpoint.TEST_SIGNAL_ENV)
+    metrics = run_module.run(cfg, final)
+    costs = metrics["costs"]
+    assert costs["resumes"] == 1 and costs["wall_seconds"] > saved["wall_seconds"]
+    assert json.loads((folder / "metrics.json").read_text())["costs"]["wall_seconds"] == costs["wall_seconds"]
+
+
 def test_train_py_exits_130_with_one_line_on_sigint_and_force_starts_afresh(make_cfg, tmp_path):
     cfg, final = make_cfg([*COMMON, "method=lora", "train.checkpoint_interval=3"])
     argv = [sys.executable, str(REPO / "train.py"), *final, f"hydra.run.dir={tmp_path / 'hydra'}"]

@@ -85,7 +85,7 @@ def _run_claimed(cfg, threshold, folder, wall_start, lr_choice=None) -> dict:
         _check_resume(folder, resume, identity, cfg.data.dir)
     else:
         results.prepare_folder(folder)
-    checkpointer = checkpoint.Checkpointer(folder, cfg.train.checkpoint_interval, resume, identity)
+    checkpointer = checkpoint.Checkpointer(folder, cfg.train.checkpoint_interval, resume, identity, wall_start)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     # one GPU per job on a multi-GPU box, held until the run ends (see gpu_slots.py)
     with claim_gpu(cfg.train.device) as device_name:
@@ -97,7 +97,9 @@ def _run_claimed(cfg, threshold, folder, wall_start, lr_choice=None) -> dict:
             metrics = _train_and_record(cfg, folder, task_data, threshold, total_steps, tracker, pick_device(device_name), checkpointer)
             metrics["schedule"] = schedule
             metrics["protocol"] = {"name": protocol.name(cfg), **({"lr": lr_choice} if lr_choice else {})}
-            metrics["costs"]["wall_seconds"] = time.perf_counter() - wall_start - tracker_seconds
+            # the whole run's, over every process that trained it (a resumed run's earlier ones too)
+            metrics["costs"]["wall_seconds"] = checkpointer.wall_seconds() - tracker_seconds
+            metrics["costs"]["resumes"] = checkpointer.resumes
             tracker.log_summary(metrics)
             # metrics.json last: its presence marks the run complete
             results.write_json_atomic(folder / results.METRICS_FILE, metrics)

@@ -20,7 +20,11 @@ continue the same computation:
   trainable-parameter peak so far, and under the fair protocol the trainable state of the best
   evaluation (training/best_state.py);
 * ``config_hash`` and ``data_fingerprint``: what the run is (run.py refuses to resume a checkpoint
-  whose data or config differ from the rerun's).
+  whose data or config differ from the rerun's);
+* ``wall_seconds`` and ``resumes``: the run's wall time up to this checkpoint, summed over the
+  processes that trained it, and how many times it was resumed, so that metrics.json's
+  ``costs.wall_seconds`` is the whole run's and not only the last process's (the work a killed
+  process did after its last checkpoint is redone and counted once).
 
 Resumption replays in the same order as the uninterrupted run: model built and seeded, method
 prepared, optimizer and scheduler built, structures regrown, state loaded, RNG restored last
@@ -237,8 +241,15 @@ class Checkpointer:
     timeout/preemption handler (requeue and exit) to the end of the step, after a checkpoint.
     """
 
-    def __init__(self, folder: Path, interval: int, resume: dict | None = None, identity: dict | None = None):
+    def __init__(self, folder: Path, interval: int, resume: dict | None = None, identity: dict | None = None,
+                 wall_start: float | None = None):
+        import time
+
         self.folder = Path(folder)
+        # this process's start (time.perf_counter) and the wall time of the processes before it
+        self.wall_start = time.perf_counter() if wall_start is None else wall_start
+        self.wall_before = float(resume.get("wall_seconds", 0.0)) if resume else 0.0
+        self.resumes = int(resume.get("resumes", 0)) + 1 if resume else 0
         self.identity = dict(identity or {})
         self.auto = str(interval).lower() == "auto"
         self.interval = AUTO_FIRST if self.auto else int(interval or 0)
@@ -277,12 +288,21 @@ class Checkpointer:
             "rng": capture_rng(),
             "loop": loop.to_dict(),
             **self.identity,
+            "wall_seconds": self.wall_seconds(),
+            "resumes": self.resumes,
         }
         write_atomic(path_in(self.folder), payload)
         self.save_seconds.append(time.perf_counter() - start)
         if self.auto:
             self.interval = auto_interval(self.save_seconds[-1], loop.step_seconds)
         self.next_at = loop.step + self.interval
+
+    def wall_seconds(self) -> float:
+        """The run's wall time so far: the processes before this one (up to their last checkpoint)
+        plus this one."""
+        import time
+
+        return self.wall_before + time.perf_counter() - self.wall_start
 
     def restore(self, model, method, optimizer, scheduler) -> LoopState | None:
         """Bring a freshly built model/method/optimizer/scheduler to the checkpoint's state;
