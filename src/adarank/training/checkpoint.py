@@ -248,7 +248,8 @@ class Checkpointer:
         self.folder = Path(folder)
         # this process's start (time.perf_counter) and the wall time of the processes before it
         self.wall_start = time.perf_counter() if wall_start is None else wall_start
-        self.wall_before = float(resume.get("wall_seconds", 0.0)) if resume else 0.0
+        # (a checkpoint older than this field: its train seconds, a lower bound of its wall time)
+        self.wall_before = float(resume.get("wall_seconds", resume["loop"]["train_seconds"])) if resume else 0.0
         self.resumes = int(resume.get("resumes", 0)) + 1 if resume else 0
         self.identity = dict(identity or {})
         self.auto = str(interval).lower() == "auto"
