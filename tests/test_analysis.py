@@ -192,6 +192,10 @@ def test_other_setups_are_reported_apart(tmp_path):
     tex = to_latex(t1, "table1")
     assert tex.count("(ours $-$ paper)") == 1 and "$-$20" not in tex  # no Δ for the MiniLM run (60 - 82.07)
     assert cell(build_report(root, setup=other).tables["table1"], "lora", "rte", setup=other)["mean"] == 60.0
+    # the csv keeps the published number beside every setup, but ours - paper only in the paper's
+    assert cell(t1, "lora", "rte")["diff"] == pytest.approx(80.0 - 82.07)
+    assert cell(t1, "lora", "rte", setup=other)["paper"] == pytest.approx(82.07)
+    assert cell(t1, "lora", "rte", setup=other)["diff"] is None
     with pytest.raises(ValueError, match="the setups are"):
         build_report(root, setup="model=nothing")
 

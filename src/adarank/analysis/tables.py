@@ -245,7 +245,10 @@ def _best_of(cells: dict, sources: tuple[str, ...], column: str) -> dict:
 
 
 def _record(table, setup, row: RowSpec, column, cell, paper, paper_std) -> dict:
-    diff = cell["mean"] - paper if cell["mean"] is not None and paper is not None else None
+    # paper: the published number, for reference in every setup; diff: ours - paper, only where
+    # the setup is the paper's (another model or length is not comparable, so no difference)
+    comparable = setup == PAPER_SETUP and cell["mean"] is not None and paper is not None
+    diff = cell["mean"] - paper if comparable else None
     return {
         "table": table,
         "setup": setup,
