@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from adarank import protocol
 from adarank.analysis import figures, pareto, protocol_effect, select_lr, tables
@@ -63,6 +64,24 @@ def test_final_runs_are_not_search_runs_and_several_searches_need_a_setup(tmp_pa
     with pytest.raises(select_lr.SelectionError, match="several setups; choose one with --setup"):
         select_lr.lr_grid(load_runs(root))
     assert select_lr.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_an_unfinished_scaled_search_is_one_setup(tmp_path):
+    """A scaled LR search over two tasks of different lengths (make mini-fair: MRPC 288 steps, STS-B
+    96) where STS-B has runs at x1 only so far: every run is labelled "per task (mrpc 288, stsb 96)"
+    at every LR, and the selection sees one search (it saw two: x2's runs were labelled "288")."""
+    root = tmp_path / "raw"
+    lrs = {task: float(OmegaConf.load(REPO / "conf" / "task" / f"{task}.yaml").lr) for task in ("mrpc", "stsb")}
+    for task, steps, scales in (("mrpc", 288, (1.0, 2.0)), ("stsb", 96, (1.0,))):
+        lr = lrs[task]
+        for scale in scales:
+            fake_fair_run(root, task, "lora", 0, 70.0 + scale, 60.0 + scale, lr * scale, lr_scale=scale,
+                          overrides={"train.schedule": "scaled", "train.max_steps": steps})
+    runs = load_runs(root)
+    assert runs["setup"].str.contains("train.max_steps=per task (mrpc 288, stsb 96)", regex=False).all()
+    grid = select_lr.lr_grid(runs)
+    assert len(grid) == 3  # validation 62 at x2 beats 61 at x1 on MRPC
+    assert select_lr.selected(grid) == {"mrpc": {"lora": pytest.approx(2 * lrs["mrpc"])}, "stsb": {"lora": pytest.approx(lrs["stsb"])}}
 
 
 def protocols_tree(root: Path) -> Path:

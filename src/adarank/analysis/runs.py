@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,7 @@ def lr_record(metrics: dict, config: dict) -> dict[str, Any]:
 
 #: the setup-label part of a fair run's LR (select_lr groups an LR search's runs without it)
 LR_LABEL = "lr"
+_LR_PART = re.compile(rf"(, )?\b{LR_LABEL}=[^,;]*")
 
 
 def protocol_label(lr: dict) -> dict[str, str]:
@@ -314,24 +316,34 @@ def _join(setup: str, extra: str) -> str:
     return (f"model={PAPER_MODEL}" if setup == PAPER_SETUP else setup) + "; " + extra
 
 
+def without_lr(setup: str) -> str:
+    """A setup label without its fair-protocol LR part: what the runs of one LR search (and the
+    final runs at the selected LRs) share."""
+    return _LR_PART.sub("", setup)
+
+
 def settle_run_length(frame: pd.DataFrame) -> pd.DataFrame:
     """Scaled runs of one setup whose length differs only between tasks (the mini sweep: MRPC 96
     steps, STS-B 48) stay one setup, labelled ``train.max_steps=per task (mrpc 96, stsb 48)``; a
-    task with several lengths in one setup keeps each length as a setup of its own."""
+    task with several lengths in one setup keeps each length as a setup of its own. The lengths
+    are read over the setups that differ only in the LR part (an LR search's multiples), so a
+    search with some tasks still missing at one LR gets the same label at every LR."""
     frame = frame.copy()
     if "run_steps" not in frame:
         return frame
-    for setup in [s for s in dict.fromkeys(frame["setup"]) if RUN_STEPS_SLOT in s]:
-        in_setup = frame["setup"] == setup
-        steps = frame.loc[in_setup].groupby("task")["run_steps"].agg(lambda v: sorted(set(map(_text, v))))
+    slotted = frame["setup"].str.contains(RUN_STEPS_SLOT, regex=False)
+    families = frame["setup"].map(without_lr)
+    for family in dict.fromkeys(families[slotted]):
+        in_family = slotted & (families == family)
+        steps = frame.loc[in_family].groupby("task")["run_steps"].agg(lambda v: sorted(set(map(_text, v))))
         if all(len(values) == 1 for values in steps):
             values = {task: values[0] for task, values in steps.items()}
             text = (next(iter(values.values())) if len(set(values.values())) == 1
                     else "per task (" + ", ".join(f"{t} {n}" for t, n in values.items()) + ")")
-            frame.loc[in_setup, "setup"] = setup.replace(RUN_STEPS_SLOT, text)
+            frame.loc[in_family, "setup"] = frame.loc[in_family, "setup"].str.replace(RUN_STEPS_SLOT, text, regex=False)
         else:
-            frame.loc[in_setup, "setup"] = frame.loc[in_setup, "run_steps"].map(
-                lambda n: setup.replace(RUN_STEPS_SLOT, _text(n)))
+            frame.loc[in_family, "setup"] = [setup.replace(RUN_STEPS_SLOT, _text(n)) for setup, n
+                                             in zip(frame.loc[in_family, "setup"], frame.loc[in_family, "run_steps"])]
     return frame
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -32,28 +31,22 @@ import yaml
 
 from adarank.analysis.labels import arm_label, arm_order
 from adarank.analysis.paper import task_label
-from adarank.analysis.runs import LR_LABEL, NoResultsError, load_runs
+from adarank.analysis.runs import NoResultsError, load_runs, without_lr
 
 SELECTED_FILE = "selected_lr.yaml"
-_LR_PART = re.compile(rf"(, )?\b{LR_LABEL}=[^,;]*")
 
 
 class SelectionError(ValueError):
     """The tree holds no LR search, or several that --setup must choose between."""
 
 
-def search_setup(setup: str) -> str:
-    """The setup of an LR search: a run's setup label without its LR part."""
-    return _LR_PART.sub("", setup)
-
-
 def search_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The finished LR-search runs (fair protocol, LR = lr_scale x the default), with their
-    ``search_setup``."""
+    ``search_setup`` (the setup label without the LR part, runs.without_lr)."""
     if "lr_source" not in runs:
         return runs.iloc[0:0].assign(search_setup=[])
     picked = runs[(runs["protocol"] == "fair") & (runs["lr_source"] == "scale") & (runs["status"] == "completed")]
-    return picked.assign(search_setup=picked["setup"].map(search_setup))
+    return picked.assign(search_setup=picked["setup"].map(without_lr))
 
 
 def lr_grid(runs: pd.DataFrame, setup: str | None = None) -> pd.DataFrame:
