@@ -54,6 +54,10 @@ def test_the_selected_lr_is_the_validation_argmax_never_the_test_one(tmp_path):
     assert (out / "figures" / f"lr_sensitivity_rte_{setup_id}.png").is_file()
     assert (out / "figures" / f"lr_sensitivity_rte_{setup_id}.pdf").is_file()
     assert "**0.0012**" in (out / "lr_search.md").read_text()
+    # AdaLoRA's selected LR (x0.5) is the lowest searched, LoRA's (x1) inside the grid
+    assert select_lr.at_grid_edge(grid) == {("rte", "adalora"): "lowest"}
+    assert "At the edge of the searched grid" in (out / "lr_search.md").read_text()
+    assert "AdaLoRA (lowest)." in (out / "lr_search.md").read_text()
 
 
 def test_final_runs_are_not_search_runs_and_several_searches_need_a_setup(tmp_path):

@@ -81,6 +81,21 @@ def selected(grid: pd.DataFrame) -> dict[str, dict[str, float]]:
     return out
 
 
+def at_grid_edge(grid: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """``{(task, arm): "lowest" | "highest"}`` for the arms whose selected LR is the lowest or the
+    highest of the several LRs searched for them: the optimum may lie outside the grid."""
+    edges = {}
+    for (task, arm), cell in grid.groupby(["task", "arm"], sort=False):
+        if cell["lr"].nunique() < 2:
+            continue
+        lr = float(cell.loc[cell["selected"], "lr"].iloc[0])
+        if lr == cell["lr"].min():
+            edges[(task, arm)] = "lowest"
+        elif lr == cell["lr"].max():
+            edges[(task, arm)] = "highest"
+    return edges
+
+
 def table_yaml(grid: pd.DataFrame, source: str) -> str:
     """The text of selected_lr.yaml (protocol.lr_table reads its ``lr`` section)."""
     validation: dict = {}
@@ -108,6 +123,11 @@ def grid_markdown(grid: pd.DataFrame) -> str:
             rows.append({"method": arm_label(row.arm), "LR": lr, "validation": val, "seeds": row.seeds,
                          "test (reading only)": f"{row.test_mean:.2f}"})
         lines += [f"## {task_label(task)} ({part['primary_metric'].iloc[0]})", "", pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+        edge = [f"{arm_label(arm)} ({where})" for (t, arm), where in at_grid_edge(part).items() if t == task]
+        if edge:
+            lines += ["At the edge of the searched grid, the selected LR being the lowest or the highest "
+                      "searched (the best LR may lie outside it; widen the grid with protocol.lr_scale=...): "
+                      + ", ".join(edge) + ".", ""]
     return "\n".join(lines) + "\n"
 
 
