@@ -38,6 +38,7 @@ import os
 import random
 import signal
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,8 +181,6 @@ def sleep_for_tests() -> None:
     """The test hook of :data:`TEST_STEP_SECONDS_ENV` (a no-op unless the variable is set)."""
     seconds = os.environ.get(TEST_STEP_SECONDS_ENV)
     if seconds:
-        import time
-
         time.sleep(float(seconds))
 
 
@@ -243,8 +242,6 @@ class Checkpointer:
 
     def __init__(self, folder: Path, interval: int, resume: dict | None = None, identity: dict | None = None,
                  wall_start: float | None = None):
-        import time
-
         self.folder = Path(folder)
         # this process's start (time.perf_counter) and the wall time of the processes before it
         self.wall_start = time.perf_counter() if wall_start is None else wall_start
@@ -275,8 +272,6 @@ class Checkpointer:
         return self.interval > 0 and step >= self.next_at and step < total_steps
 
     def save(self, model, method, optimizer, scheduler, loop: LoopState) -> None:
-        import time
-
         start = time.perf_counter()
         payload = {
             "format": FORMAT_VERSION,
@@ -301,8 +296,6 @@ class Checkpointer:
     def wall_seconds(self) -> float:
         """The run's wall time so far: the processes before this one (up to their last checkpoint)
         plus this one."""
-        import time
-
         return self.wall_before + time.perf_counter() - self.wall_start
 
     def restore(self, model, method, optimizer, scheduler) -> LoopState | None:
