@@ -60,6 +60,51 @@ def test_the_selected_lr_is_the_validation_argmax_never_the_test_one(tmp_path):
     assert "AdaLoRA (lowest)." in (out / "lr_search.md").read_text()
 
 
+def test_edge_runs_widen_the_grid_until_the_selected_lr_is_inside(tmp_path, capsys):
+    """AdaLoRA's selected LR (x0.5) is the lowest searched: widen to x0.25. A diverged run at
+    x0.25 counts as searched (no endless retry); a finished one that wins there asks for x0.125;
+    LoRA (x1 of 0.5, 1, 2) is inside its grid throughout."""
+    import json
+
+    root = search_tree(tmp_path / "raw")
+    runs = load_runs(root)
+    assert select_lr.edge_runs(runs, select_lr.lr_grid(runs)) == [("rte", "adalora", 0.25)]
+    assert select_lr.main([str(root), "--edge-runs"]) == 0
+    assert capsys.readouterr().out == "rte adalora 0.25\n"
+    assert not (tmp_path / "raw" / "selected_lr.yaml").exists()
+
+    diverged = fake_fair_run(root, "rte", "adalora", 0, 50.0, 50.0, RTE_LR * 0.25, lr_scale=0.25)
+    metrics = json.loads((diverged / "metrics.json").read_text())
+    metrics.update(status="diverged", diverged={"step": 3, "loss": "nan", "last_finite_loss": 0.7})
+    (diverged / "metrics.json").write_text(json.dumps(metrics))
+    runs = load_runs(root)
+    assert select_lr.edge_runs(runs, select_lr.lr_grid(runs)) == []
+
+    import shutil
+
+    shutil.rmtree(diverged)
+    fake_fair_run(root, "rte", "adalora", 0, 60.0, 67.0, RTE_LR * 0.25, lr_scale=0.25)
+    runs = load_runs(root)
+    grid = select_lr.lr_grid(runs)
+    assert select_lr.selected(grid)["rte"]["adalora"] == pytest.approx(RTE_LR * 0.25)
+    assert select_lr.edge_runs(runs, grid) == [("rte", "adalora", 0.125)]
+
+
+def test_runs_of_an_older_lr_table_never_join_a_cell(tmp_path):
+    """Stage 3 ran LoRA seed 1 at the LR of a first selection; the grid was widened, the selection
+    changed, seeds 2-3 ran at the new LR: the cell holds seeds 2-3 only, seed 1 is dropped."""
+    root = tmp_path / "raw"
+    old = fake_fair_run(root, "rte", "lora", 1, 70.0, 70.0, RTE_LR, source="table")
+    os.utime(old / "metrics.json", (1_000_000, 1_000_000))
+    for seed in (2, 3):
+        fake_fair_run(root, "rte", "lora", seed, 75.0, 74.0, RTE_LR / 2, source="table")
+    fake_fair_run(root, "rte", "adalora", 1, 65.0, 64.0, RTE_LR, source="table")  # another cell, untouched
+    dropped = []
+    runs = load_runs(root, dropped=dropped)
+    assert sorted(runs.loc[runs["arm"] == "lora", "seed"]) == [2, 3] and (runs["arm"] == "adalora").sum() == 1
+    assert dropped == [(str(old), "trained at the LR of an older LR table (the cell's newest run is at another LR)")]
+
+
 def test_final_runs_are_not_search_runs_and_several_searches_need_a_setup(tmp_path):
     root = search_tree(tmp_path / "raw")
     fake_fair_run(root, "rte", "lora", 1, 77.0, 74.0, RTE_LR, source="table")  # a final-stage run

@@ -103,7 +103,7 @@ def load_runs(root: str | Path, defaults: DefaultConfigs | None = None, dropped:
     if not rows:
         raise NoResultsError(f"no readable run under {root} (every {METRICS_FILE} was skipped, see the warnings)")
     frame = settle_axes(settle_method_settings(settle_run_length(pd.DataFrame(rows))))
-    return deduplicate(frame, dropped)
+    return drop_stale_lr_table_runs(deduplicate(frame, dropped), dropped)
 
 
 def run_problems(metrics, conf_dir: Path) -> list[str]:
@@ -370,6 +370,26 @@ def settle_axes(frame: pd.DataFrame) -> pd.DataFrame:
         if extra:
             frame.loc[in_setup, "setup"] = _join(setup, "growth schedule " + ", ".join(extra))
     return frame
+
+
+def drop_stale_lr_table_runs(frame: pd.DataFrame, dropped: list | None = None) -> pd.DataFrame:
+    """Runs at a selected LR (``protocol.lr_table``) whose cell (setup, task, arm) holds runs at
+    another LR were trained from an older selected_lr.yaml (e.g. the grid was widened and the
+    selection changed): a cell keeps the runs at its newest run's LR, the others are dropped with
+    a warning, so a table never averages two LRs under "lr=selected on validation"."""
+    if "lr_source" not in frame or not (frame["lr_source"] == "table").any():
+        return frame
+    stale = []
+    for _, cell in frame[frame["lr_source"] == "table"].groupby(["setup", "task", "arm"]):
+        newest = cell.sort_values("mtime")["lr"].iloc[-1]
+        stale += list(cell.index[cell["lr"] != newest])
+    for index in stale:
+        run = frame.loc[index]
+        log.warning("leaving out %s: trained at LR %g from an older LR table; its cell's newest run is at "
+                    "another LR (delete it, or rerun the stage with the table you mean)", run["run_dir"], run["lr"])
+        if dropped is not None:
+            dropped.append((run["run_dir"], "trained at the LR of an older LR table (the cell's newest run is at another LR)"))
+    return frame.drop(index=stale)
 
 
 def deduplicate(frame: pd.DataFrame, dropped: list | None = None) -> pd.DataFrame:

@@ -17,6 +17,12 @@ are never read for the choice. Ties go to the smaller LR. Writes
   the selected LR circled: whether a method is robust to its learning rate.
 
 A tree with LR searches of several setups (another model, another length) needs ``--setup``.
+
+``--edge-runs`` prints instead what widening the grid needs: one line ``TASK ARM SCALE`` per
+(task, arm) whose selected LR is the lowest or the highest it was searched at, with the next
+``protocol.lr_scale`` beyond that edge (half the lowest, twice the highest; within x1/64 ... x64,
+and never a scale already tried, a diverged run included). Run those, select again, and repeat
+until it prints nothing: the selected LR is then inside its grid (``make mini-fair`` does this).
 """
 
 from __future__ import annotations
@@ -40,12 +46,15 @@ class SelectionError(ValueError):
     """The tree holds no LR search, or several that --setup must choose between."""
 
 
-def search_runs(runs: pd.DataFrame) -> pd.DataFrame:
+def search_runs(runs: pd.DataFrame, finished_only: bool = True) -> pd.DataFrame:
     """The finished LR-search runs (fair protocol, LR = lr_scale x the default), with their
-    ``search_setup`` (the setup label without the LR part, runs.without_lr)."""
+    ``search_setup`` (the setup label without the LR part, runs.without_lr); with
+    ``finished_only=False`` the diverged ones too."""
     if "lr_source" not in runs:
         return runs.iloc[0:0].assign(search_setup=[])
-    picked = runs[(runs["protocol"] == "fair") & (runs["lr_source"] == "scale") & (runs["status"] == "completed")]
+    picked = runs[(runs["protocol"] == "fair") & (runs["lr_source"] == "scale")]
+    if finished_only:
+        picked = picked[picked["status"] == "completed"]
     return picked.assign(search_setup=picked["setup"].map(without_lr))
 
 
@@ -64,7 +73,8 @@ def lr_grid(runs: pd.DataFrame, setup: str | None = None) -> pd.DataFrame:
     search = search[search["search_setup"] == chosen]
     grouped = search.groupby(["task", "arm", "lr"])
     grid = grouped.agg(val_mean=("val_score", "mean"), val_std=("val_score", "std"), seeds=("seed", "nunique"),
-                       test_mean=("score", "mean"), primary_metric=("primary_metric", "first")).reset_index()
+                       test_mean=("score", "mean"), primary_metric=("primary_metric", "first"),
+                       lr_scale=("lr_scale", "first")).reset_index()
     grid["selected"] = False
     for _, cell in grid.groupby(["task", "arm"]):
         best = cell.sort_values(["val_mean", "lr"], ascending=[False, True]).index[0]  # ties: the smaller LR
@@ -94,6 +104,26 @@ def at_grid_edge(grid: pd.DataFrame) -> dict[tuple[str, str], str]:
         elif lr == cell["lr"].max():
             edges[(task, arm)] = "highest"
     return edges
+
+
+#: how far edge_runs widens a grid: lr_scale within [1 / WIDEST_SCALE, WIDEST_SCALE]
+WIDEST_SCALE = 64.0
+
+
+def edge_runs(runs: pd.DataFrame, grid: pd.DataFrame) -> list[tuple[str, str, float]]:
+    """``(task, arm, lr_scale)`` of the runs that widen the grid past each edge of
+    :func:`at_grid_edge` by a factor of 2; none where that scale was tried already (a diverged
+    run counts: its LR was searched, it just has no score) or lies beyond :data:`WIDEST_SCALE`."""
+    tried = search_runs(runs, finished_only=False)
+    tried = tried[tried["search_setup"] == grid["setup"].iloc[0]]
+    out = []
+    for (task, arm), where in at_grid_edge(grid).items():
+        scored = grid.loc[(grid["task"] == task) & (grid["arm"] == arm), "lr_scale"].astype(float)
+        scale = scored.min() / 2 if where == "lowest" else scored.max() * 2
+        attempted = tried.loc[(tried["task"] == task) & (tried["arm"] == arm), "lr_scale"].astype(float)
+        if 1 / WIDEST_SCALE <= scale <= WIDEST_SCALE and not (attempted == scale).any():
+            out.append((task, arm, float(scale)))
+    return out
 
 
 def table_yaml(grid: pd.DataFrame, source: str) -> str:
@@ -187,9 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", help="results tree holding the LR-search runs")
     parser.add_argument("--out", default="results/tables", help="folder for selected_lr.yaml, lr_search.md and figures/")
     parser.add_argument("--setup", default=None, help="the LR search's setup, when the tree has several")
+    parser.add_argument("--edge-runs", action="store_true",
+                        help="print 'TASK ARM SCALE' per run that widens the grid past a selected edge; write nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.edge_runs:
+            runs = load_runs(args.results)
+            for task, arm, scale in edge_runs(runs, lr_grid(runs, args.setup)):
+                print(f"{task} {arm} {scale:g}")
+            return 0
         files = write_selection(load_runs(args.results), Path(args.out), args.results, args.setup)
     except (NoResultsError, SelectionError) as err:
         print(f"select_lr: {err}", file=sys.stderr)
