@@ -4,7 +4,9 @@ whole LR search -> selection -> 5-seed sweep through the real entrypoint."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +66,6 @@ def test_edge_runs_widen_the_grid_until_the_selected_lr_is_inside(tmp_path, caps
     """AdaLoRA's selected LR (x0.5) is the lowest searched: widen to x0.25. A diverged run at
     x0.25 counts as searched (no endless retry); a finished one that wins there asks for x0.125;
     LoRA (x1 of 0.5, 1, 2) is inside its grid throughout."""
-    import json
-
     root = search_tree(tmp_path / "raw")
     runs = load_runs(root)
     assert select_lr.edge_runs(runs, select_lr.lr_grid(runs)) == [("rte", "adalora", 0.25)]
@@ -79,8 +79,6 @@ def test_edge_runs_widen_the_grid_until_the_selected_lr_is_inside(tmp_path, caps
     (diverged / "metrics.json").write_text(json.dumps(metrics))
     runs = load_runs(root)
     assert select_lr.edge_runs(runs, select_lr.lr_grid(runs)) == []
-
-    import shutil
 
     shutil.rmtree(diverged)
     fake_fair_run(root, "rte", "adalora", 0, 60.0, 67.0, RTE_LR * 0.25, lr_scale=0.25)

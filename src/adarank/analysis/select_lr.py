@@ -153,7 +153,7 @@ def grid_markdown(grid: pd.DataFrame) -> str:
             rows.append({"method": arm_label(row.arm), "LR": lr, "validation": val, "seeds": row.seeds,
                          "test (reading only)": f"{row.test_mean:.2f}"})
         lines += [f"## {task_label(task)} ({part['primary_metric'].iloc[0]})", "", pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
-        edge = [f"{arm_label(arm)} ({where})" for (t, arm), where in at_grid_edge(part).items() if t == task]
+        edge = [f"{arm_label(arm)} ({where})" for (_, arm), where in at_grid_edge(part).items()]
         if edge:
             lines += ["At the edge of the searched grid, the selected LR being the lowest or the highest "
                       "searched (the best LR may lie outside it; widen the grid with protocol.lr_scale=...): "
