@@ -23,9 +23,12 @@ from tests.conftest import CONF_DIR, compose
 @pytest.mark.parametrize("override,message", [
     ("task.batch_size=0", "task.batch_size must be an integer >= 1, got 0"),
     ("train.log_interval=0", "train.log_interval must be an integer >= 1, got 0"),
-    ("task.lr=0", "task.lr must be a number > 0, got 0"),
-    ("task.lr=-1", "task.lr must be a number > 0, got -1"),
-    ("task.lr=abc", "task.lr must be a number > 0, got 'abc'"),
+    ("task.lr=0", "task.lr must be a finite number > 0, got 0"),
+    ("task.lr=-1", "task.lr must be a finite number > 0, got -1"),
+    ("task.lr=abc", "task.lr must be a finite number > 0, got 'abc'"),
+    ("task.lr=inf", "task.lr must be a finite number > 0, got inf"),
+    ("task.lr=nan", "task.lr must be a finite number > 0, got nan"),
+    ("task.weight_decay=inf", "task.weight_decay must be a finite number >= 0, got inf"),
     ("task.max_seq_length=0", "task.max_seq_length must be an integer >= 1, got 0"),
     ("seed=-1", "seed must be an integer >= 0, got -1"),
     ("seed=abc", "seed must be an integer >= 0, got 'abc'"),
@@ -42,10 +45,11 @@ def test_bad_numbers_and_devices_are_refused_by_the_static_check(override, messa
 
 
 def test_full_fine_tunings_own_lr_is_checked_like_the_tasks():
-    for value, shown in (("0", "0"), ("-1e-5", "-1e-05"), ("abc", "'abc'")):
-        with pytest.raises(ConfigError, match=f"method.lr must be a number > 0, got {shown}"):
+    for value, shown in (("0", "0"), ("-1e-5", "-1e-05"), ("abc", "'abc'"), ("inf", "inf")):
+        with pytest.raises(ConfigError, match=f"method.lr must be a finite number > 0, got {shown}"):
             check_static(compose(["method=full", f"method.lr={value}"]))
     check_static(compose(["method=lora"]))  # the other methods have no method.lr
+    check_static(compose(["method=lora", "train.max_grad_norm=inf"]))  # torch's "no clipping"
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -79,7 +79,7 @@ def test_each_job_runs_in_a_fresh_process_that_sees_only_its_gpu(two_gpus, make_
     assert isinstance(gpu_slots.on_free_gpu(run)(cfg, overrides), Skipped)
     assert "job process" not in capfd.readouterr().err  # skipped here, no child
     bad, bad_overrides = make_cfg(["method=lora", "train.max_steps=2", "task.lr=-1"])
-    with pytest.raises(ConfigError, match="task.lr must be a number > 0"):
+    with pytest.raises(ConfigError, match="task.lr must be a finite number > 0"):
         gpu_slots.on_free_gpu(run)(bad, bad_overrides)
 
 

@@ -58,9 +58,13 @@ def check_values(cfg) -> None:
         value = OmegaConf.select(cfg, key)
         if value is None and key in NON_NEGATIVE + ("method.lr",):
             continue
-        if not _is_number(value) or value < 0 or (key in POSITIVE and value == 0):
+        # inf is refused where it could only end in NaN weights; train.max_grad_norm=inf is
+        # torch's "no clipping" and stays allowed
+        finite = key != "train.max_grad_norm"
+        if (not _is_number(value) or value < 0 or (key in POSITIVE and value == 0)
+                or (finite and not is_finite_number(value))):
             bound = "> 0" if key in POSITIVE else ">= 0"
-            raise ValueProblem(f"{key} must be a number {bound}, got {value!r}")
+            raise ValueProblem(f"{key} must be a {'finite ' if finite else ''}number {bound}, got {value!r}")
     workers = OmegaConf.select(cfg, "train.num_workers")
     if workers != "auto" and (not _is_int(workers) or workers < 0):
         raise ValueProblem(f"train.num_workers must be auto or an integer >= 0, got {workers!r}")
