@@ -364,6 +364,9 @@ def test_write_report_files_and_figures(tmp_path):
             assert round(image.info["dpi"][0]) == 300 and image.size[0] in (1050, 2100), (path.name, image.size)
     captions = (tmp_path / "tables" / "figures" / "captions.md").read_text()
     assert "## learning_curve_rte_paper" in captions and "LoRA 3" in captions  # seeds per line
+    # one heading per figure, its name only: the formats are said once (docs/ publishes the PNGs)
+    assert all(f"## {path.stem}\n" in captions for path in report.figures)
+    assert "`<name>.pdf` (vector) for print" in captions
 
 
 def test_figures_show_one_setup_each(tmp_path, monkeypatch):

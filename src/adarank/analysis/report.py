@@ -162,13 +162,16 @@ def write_report(results: str | Path, out: str | Path, conf_dir: str | Path | No
 
 def captions_markdown(drawn: list[figures.Drawn]) -> str:
     """Every figure's caption (the setup label and seeds per line, which the figures leave out)."""
-    parts = ["# Figure captions", "", "Setups (the id ends each file name):", ""]
+    parts = ["# Figure captions", "",
+             "Each figure is written twice: `<name>.png` for the screen and `<name>.pdf` (vector) for print; "
+             "the copies published under docs/ keep the PNG only.", "",
+             "Setups (the id ends each file name):", ""]
     for setup in dict.fromkeys(d.setup for d in drawn):
         sentence = figures.setup_sentence(setup).removeprefix(f"Setup {tables.setup_id(setup)}: ")
         parts.append(f"- `{tables.setup_id(setup)}`: {sentence}")
     parts.append("")
     for d in drawn:
-        parts += [f"## {d.path.stem} (.pdf, .png)", "", d.caption, ""]
+        parts += [f"## {d.path.stem}", "", d.caption, ""]
     return "\n".join(parts)
 
 
