@@ -202,7 +202,28 @@ def test_make_tables_writes_the_fair_outputs(tmp_path):
     assert any(n.startswith("lr_sensitivity_rte_") for n in names) and any(n.startswith("pareto_rte_") for n in names)
     captions = (tmp_path / "tables" / "figures" / "captions.md").read_text()
     assert "## pareto_rte_" in captions and "## lr_sensitivity_rte_" in captions
-    assert "fair protocol" in (tmp_path / "tables" / "table1.md").read_text()
+    table1 = (tmp_path / "tables" / "table1.md").read_text()
+    assert "fair protocol" in table1
+    # both protocols in one file: the title and legend point to each setup's heading, never "best dev"
+    assert table1.startswith("# Table I: DeBERTaV3-base fine-tuned on GLUE (dev; the protocol of each setup under")
+    assert "best dev score" not in table1
+    # a fair setup's periodic evaluations read the validation split: its learning curves say so
+    curves = {d.setup: d.caption for d in report.drawn if d.path.name.startswith("learning_curve_rte_")}
+    fair_setup = next(s for s in curves if "protocol=fair" in s)
+    assert curves[fair_setup].startswith("RTE: validation accuracy against the optimizer step")
+    assert curves["paper setup"].startswith("RTE: dev accuracy against the optimizer step")
+
+
+def test_a_fair_tables_title_and_legend_name_its_score(tmp_path):
+    runs = load_runs(protocols_tree(tmp_path / "raw"))
+    fair_setup = next(s for s in set(runs["setup"]) if "protocol=fair" in s)
+    text = tables.to_markdown(build_table(runs, "table1", [fair_setup]), "table1")
+    assert text.startswith("# Table I: DeBERTaV3-base fine-tuned on GLUE (dev at the checkpoint chosen on validation)")
+    assert "mean ± std over seeds of the score (dev at the checkpoint chosen on validation;" in text
+    paper = tables.to_markdown(build_table(runs, "table1", ["paper setup"]), "table1")
+    assert paper.startswith("# Table I: DeBERTaV3-base fine-tuned on GLUE (best periodic dev evaluation)")
+    latex = tables.to_latex(build_table(runs, "table1", [fair_setup]), "table1")
+    assert "score (dev at the checkpoint chosen on validation; std to one decimal" in latex
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from adarank.analysis.costs import _count
+from adarank.analysis.costs import AT_DEFAULTS, _count
 from adarank.analysis.labels import arm_label, arm_order
 from adarank.analysis.paper import task_label
 from adarank.analysis.runs import protocol_note
@@ -33,8 +33,8 @@ COUNTS = [c for c in COLUMNS if c.startswith("trainable")]
 
 
 def build_budgets(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (setup, task, arm) of finished runs at the default hyperparameters: seeds,
-    the mean of every COLUMNS entry and the score's std."""
+    """One row per (setup, task, arm) of finished runs with the ablation / sensitivity axes
+    (runs.AXES) at their defaults: seeds, the mean of every COLUMNS entry and the score's std."""
     done = runs[(runs["status"] == "completed") & axes_unchanged(runs)]
     if done.empty:
         return pd.DataFrame(columns=["setup", "task", "arm", "seeds", *COLUMNS, "score_std"])
@@ -51,10 +51,10 @@ def build_budgets(runs: pd.DataFrame) -> pd.DataFrame:
 
 def budgets_markdown(budgets: pd.DataFrame) -> str:
     parts = ["# Budgets per method and task", "",
-             "Means over the finished seeds (runs at the default hyperparameters). Trainable parameters at "
-             "the start, the peak and the end of training, the peak split into adapter (added by the method) / "
-             "head (classifier, pooler, QA head) / other (backbone weights trained in place); peak memory; "
-             "wall time; non-padding training tokens. The score is the one the setup's protocol reports "
+             f"Means over the finished seeds ({AT_DEFAULTS}; the learning rate is the setup's). "
+             "Trainable parameters at the start, the peak and the end of training, the peak split into "
+             "adapter (added by the method) / head (classifier, pooler, QA head) / other (backbone weights "
+             "trained in place); peak memory; wall time; non-padding training tokens. The score is the one the setup's protocol reports "
              "(mean ± std over seeds).", ""]
     if budgets.empty:
         return "\n".join(parts + ["No runs."]) + "\n"

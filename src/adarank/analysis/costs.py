@@ -1,5 +1,6 @@
 """The cost table: trainable parameters, wall time, seconds in rank allocation and final total rank
-per method arm and task (means over seeds of the runs at the default hyperparameters)."""
+per method arm and task (means over seeds of the runs with the ablation / sensitivity axes at
+their defaults)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import pandas as pd
 from adarank.analysis.paper import load_paper, task_label
 from adarank.analysis.runs import PAPER_SETUP
 from adarank.analysis.tables import axes_unchanged, ordered_setups
+
+#: which runs a cost or budget row averages (tables.axes_unchanged)
+AT_DEFAULTS = ("runs with the ablation and sensitivity axes (orth_reg, norm, reference rank, init_warmup, "
+               "interval) at their defaults")
 
 ARM_ORDER = [
     "full", "bitfit", "hadapter", "lora", "adalora", "increlora",
@@ -60,7 +65,7 @@ def costs_display(costs: pd.DataFrame) -> pd.DataFrame:
 
 def costs_markdown(costs: pd.DataFrame) -> str:
     parts = ["# Costs per method and task", "",
-             "Means over the seeds found, runs at the default hyperparameters only. "
+             f"Means over the seeds found, {AT_DEFAULTS}. "
              "allocation s = wall seconds spent scoring and allocating ranks.", ""]
     if costs.empty:
         return "\n".join(parts + ["No runs."]) + "\n"
@@ -79,7 +84,7 @@ LATEX_HEADERS = {
     "allocation share %": "Alloc.\n%", "median_step_seconds": "Step\ns", "peak_memory_mb": "Memory\nMB",
     "total_rank": "Final\nrank",
 }
-LATEX_NOTE = ("Means over the seeds found, runs at the default hyperparameters only. Params: trainable "
+LATEX_NOTE = (f"Means over the seeds found, {AT_DEFAULTS}. Params: trainable "
               "parameters at the start and the end of training; Wall / Train s: wall-clock and training "
               "seconds; Alloc. s / %: seconds spent scoring and allocating ranks and their share of the "
               "wall time; Step s: median optimizer-step time; Memory MB: peak memory; Final rank: total "
@@ -92,7 +97,8 @@ def costs_latex(costs: pd.DataFrame) -> str:
     from adarank.analysis import latex
     from adarank.analysis.tables import MODEL_LABELS, setup_id, setup_model
 
-    out = ["% Costs per method and task (means over seeds, default hyperparameters)", "% needs \\usepackage{booktabs}"]
+    out = ["% Costs per method and task (means over seeds, ablation / sensitivity axes at their defaults)",
+           "% needs \\usepackage{booktabs}"]
     if costs.empty:
         return "\n".join(out + ["% No runs."]) + "\n"
     shown = costs_display(costs).rename(columns={v: k for k, v in {**COLUMNS, "arm": "method"}.items()})

@@ -1,6 +1,7 @@
 """Figures over training time, from files every run writes:
 
-* learning curves (``train_log.jsonl``'s evaluation lines): the dev metric against the optimizer
+* learning curves (``train_log.jsonl``'s evaluation lines): the metric of the periodic evaluations
+  (dev; under the fair protocol the validation split held out of train) against the optimizer
   step, per method arm the mean over seeds with a min..max band, one figure per task;
 * rank over time (``growth_log.jsonl``): the total rank against the step, a step line per growing
   or masking arm (its lowest seed), starting from the initial total rank, with the budget dashed.
@@ -30,6 +31,7 @@ from adarank.analysis.figures import (
     title_tag,
 )
 from adarank.analysis.paper import load_paper, task_label
+from adarank.analysis.runs import periodic_split
 from adarank.analysis.tables import axes_unchanged
 
 RANK_ARMS = ["triadapt_linear", "triadapt_nonlinear", "triadapt_fixed", "increlora", "adalora", "sora"]
@@ -48,7 +50,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def eval_points(run_dir: str | Path, metric: str) -> pd.Series:
-    """{step: dev metric} of one run's evaluations (periodic and final)."""
+    """{step: metric} of one run's evaluations (periodic and final; dev under the paper protocol,
+    the validation split under the fair one)."""
     points = {}
     for record in read_jsonl(Path(run_dir) / "train_log.jsonl"):
         value = (record.get("eval") or {}).get(metric)
@@ -76,6 +79,7 @@ def learning_curves(runs: pd.DataFrame, out_dir: Path) -> list[Drawn]:
         if not curves or max(len(frame) for frame in curves.values()) < 2:
             continue  # one evaluation per run (train.eval_interval = the run's length): no curve to draw
         metric = picked.loc[picked["task"] == task, "primary_metric"].iloc[0]
+        split = periodic_split(setup)  # fair protocol: the validation split, never dev
         path = out_dir / file_name(f"learning_curve_{task}", setup)
         with plt.rc_context(STYLE):
             fig, ax = line_figure(len(curves))
@@ -85,12 +89,12 @@ def learning_curves(runs: pd.DataFrame, out_dir: Path) -> list[Drawn]:
                 if frame.shape[1] > 1:
                     ax.fill_between(steps, frame.min(axis=1), frame.max(axis=1), color=line.get_color(), alpha=0.2)
             ax.set_xlabel("optimizer step")
-            ax.set_ylabel(f"dev {metric}")
-            ax.set_title(f"{task_label(task)}: dev {metric} during training{title_tag(setup)}")
+            ax.set_ylabel(f"{split} {metric}")
+            ax.set_title(f"{task_label(task)}: {split} {metric} during training{title_tag(setup)}")
             legend_below(fig, ax)
             save(fig, path)
         seeds = ", ".join(f"{label(arm)} {frame.shape[1]}" for arm, frame in curves.items())
-        caption = (f"{task_label(task)}: dev {metric} against the optimizer step, mean over seeds (band: min..max; "
+        caption = (f"{task_label(task)}: {split} {metric} against the optimizer step, mean over seeds (band: min..max; "
                    f"seeds: {seeds}). " + setup_sentence(setup))
         written.append(Drawn(path, setup, caption, drawn))
     return written

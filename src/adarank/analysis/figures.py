@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 
 from adarank.analysis.paper import task_label  # noqa: E402
 from adarank.analysis.rank_pattern import WEIGHT_TYPES, load_rank_pattern, rank_matrix  # noqa: E402
-from adarank.analysis.runs import PAPER_SETUP  # noqa: E402
+from adarank.analysis.runs import PAPER_SETUP, is_fair, score_words  # noqa: E402
 from adarank.analysis.tables import axes_unchanged, ordered_setups, setup_id  # noqa: E402
 
 ARM_LABELS = {
@@ -201,7 +201,7 @@ def sensitivity_points(runs: pd.DataFrame, axis: str) -> pd.DataFrame:
 
 
 def sensitivity_figure(runs: pd.DataFrame, name: str, out_dir: Path) -> list[Drawn]:
-    """Figures 3-5: best dev score against the swept value, one line per method arm (mean over
+    """Figures 3-5: the score (the setup's protocol's) against the swept value, one line per method arm (mean over
     seeds, band = min..max over seeds, dots = single seeds); one figure per task with at least one
     arm at two or more values, from the (preferred) setup of ``runs``."""
     axis, xlabel = SENSITIVITY[name]
@@ -215,9 +215,10 @@ def sensitivity_figure(runs: pd.DataFrame, name: str, out_dir: Path) -> list[Dra
         path = out_dir / file_name(f"{name}_{axis}_{task}", setup)
         with plt.rc_context(STYLE):
             seeds = _draw_lines(data, axis, xlabel, task, setup, path)
-        caption = (f"Figure {name[3:]}, {task_label(task)}: best dev score against {axis}, mean over seeds (band: "
-                   "min..max, dots: single seeds; " + ", ".join(f"{ARM_LABELS[a]} {n} seeds" for a, n in seeds.items())
-                   + "); dashed: the paper's setting. " + setup_sentence(setup))
+        seed_counts = ", ".join(f"{ARM_LABELS[a]} {n} seeds" for a, n in seeds.items())
+        caption = (f"Figure {name[3:]}, {task_label(task)}: score ({score_words([setup])}) against {axis}, mean "
+                   f"over seeds (band: min..max, dots: single seeds; {seed_counts}); dashed: the paper's setting. "
+                   + setup_sentence(setup))
         written.append(Drawn(path, setup, caption, list(data["run_dir"])))
     return written
 
@@ -239,7 +240,7 @@ def _draw_lines(data: pd.DataFrame, axis: str, xlabel: str, task: str, setup: st
         ax.axvline(float(default.iloc[0]), color="grey", linestyle="--", linewidth=1, label="paper setting (Table V)")
     metric = data["primary_metric"].iloc[0]
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"best dev {metric} (%)")
+    ax.set_ylabel(f"dev {metric} at the val.-best step (%)" if is_fair(setup) else f"best dev {metric} (%)")
     ax.set_title(f"{task_label(task)}: sensitivity to {xlabel.split(' $')[0].split(' (')[0]}{title_tag(setup)}")
     if data[axis].nunique() > 1 and data[axis].min() > 0 and data[axis].max() / data[axis].min() >= 8:
         ax.set_xscale("log", base=2)

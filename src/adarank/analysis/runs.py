@@ -265,9 +265,30 @@ def protocol_label(lr: dict) -> dict[str, str]:
     return parts
 
 
+def is_fair(setup: str) -> bool:
+    return "protocol=fair" in setup
+
+
+def periodic_split(setup: str) -> str:
+    """The split a setup's periodic evaluations read (what its learning curves plot): the
+    validation split held out of train under the fair protocol, dev under the paper's."""
+    return "validation" if is_fair(setup) else "dev"
+
+
+def score_words(setups) -> str:
+    """What the score of these setups is, for a title or an axis: one phrase for one protocol,
+    a pointer to the setups' headings for a mix."""
+    fair = {is_fair(s) for s in setups} or {False}
+    if fair == {False}:
+        return "best periodic dev evaluation"
+    if fair == {True}:
+        return "dev at the checkpoint chosen on validation"
+    return "dev; the protocol of each setup under its heading"
+
+
 def protocol_note(setup: str) -> str:
     """What a table's numbers are under the setup's protocol (every table heading says it)."""
-    if "protocol=fair" in setup:
+    if is_fair(setup):
         return "fair protocol: dev (test) score at the checkpoint chosen on a validation split held out of train"
     return "paper protocol: the best of the periodic dev evaluations"
 

@@ -1,4 +1,5 @@
-"""Tables I-IV: mean +- std over seeds of the best dev score, beside the paper's number.
+"""Tables I-IV: mean +- std over seeds of the score (the best periodic dev evaluation under the paper
+protocol, dev at the checkpoint chosen on validation under the fair one), beside the paper's number.
 
 Each table is first built as a tidy frame (one row per setup x table row x column, with
 ``mean, std, n, paper, paper_std, diff, picked``), then rendered as Markdown and LaTeX. A missing
@@ -27,7 +28,7 @@ import pandas as pd
 
 from adarank.analysis import latex
 from adarank.analysis.paper import glue_tasks, load_paper, paper_avg, paper_cell, task_label
-from adarank.analysis.runs import AXES, PAPER_MODEL, PAPER_SETUP, protocol_note
+from adarank.analysis.runs import AXES, PAPER_MODEL, PAPER_SETUP, protocol_note, score_words
 
 EXPECTED_SEEDS = 3
 AVG = "avg"
@@ -294,19 +295,20 @@ def setup_model(setup: str) -> str:
     return PAPER_MODEL if setup == PAPER_SETUP or not match else match.group(1)
 
 
-def title(table: str, models=()) -> str:
-    """The table's title naming the model(s) of its runs (the paper's, DeBERTaV3-base, by default)."""
+def title(table: str, models=(), setups=()) -> str:
+    """The table's title naming the model(s) of its runs (the paper's, DeBERTaV3-base, by default)
+    and, where the title names it, what the score is under the setups' protocol(s)."""
     names = [MODEL_LABELS.get(m, m) for m in dict.fromkeys(models) if isinstance(m, str)] or [MODEL_LABELS[PAPER_MODEL]]
-    return load_paper()[table]["title"].format(model=" / ".join(names))
+    return load_paper()[table]["title"].format(model=" / ".join(names), score=score_words(setups))
 
 
-def legend(table: str, with_paper: bool = True) -> str:
+def legend(table: str, with_paper: bool = True, setups=()) -> str:
     reference = load_paper()[table]["rows"].get(REFERENCE_ROW.get(table), {}).get("label", "the reference row")
     paper = "Paper: the number the paper reports; Δ = ours − paper (paper setup only). " if with_paper else ""
     pick = ("[L]/[N]: the TriAdaptLoRA row took the Linear / Non-Linear cell; the other of the two is "
             "tested against it. " if table == "table1" else "")
     return (
-        "Ours: mean ± std over seeds of the best dev score ((n=k) when fewer or more than "
+        f"Ours: mean ± std over seeds of the score ({score_words(setups)}; (n=k) when fewer or more than "
         f"{EXPECTED_SEEDS} seeds). {paper}Bold: the best mean of each column. {MARK}: the row differs from "
         f"{reference} on that task beyond seed noise (Welch's t-test over seeds, p < {ALPHA}; every p-value "
         f"is in the .csv). {pick}Avg. = mean of the 8 task means (needs all 8). Missing cells say so "
@@ -416,7 +418,8 @@ def setup_heading(setup: str) -> str:
 
 def to_markdown(tidy: pd.DataFrame, table: str, left: pd.DataFrame | None = None) -> str:
     setups = list(dict.fromkeys(tidy["setup"])) if not tidy.empty else []
-    parts = [f"# {title(table, tidy['model'] if 'model' in tidy else ())}", "", legend(table, PAPER_SETUP in setups), ""]
+    models = tidy["model"] if "model" in tidy else ()
+    parts = [f"# {title(table, models, setups)}", "", legend(table, PAPER_SETUP in setups, setups), ""]
     if tidy.empty:
         parts += ["No runs for this table.", ""]
     else:
@@ -455,8 +458,8 @@ def to_latex(tidy: pd.DataFrame, table: str, paper: str = "delta") -> str:
     ``paper``: how the paper setup shows the paper's numbers (PAPER_LAYOUTS)."""
     if paper not in PAPER_LAYOUTS:
         raise ValueError(f"paper={paper!r}: choose one of {', '.join(PAPER_LAYOUTS)}")
-    out = [f"% {title(table, tidy['model'] if 'model' in tidy else ())}", "% needs \\usepackage{booktabs}"]
     setups = [s for s in dict.fromkeys(tidy["setup"]) if _has_runs(tidy, s)] if not tidy.empty else []
+    out = [f"% {title(table, tidy['model'] if 'model' in tidy else (), setups)}", "% needs \\usepackage{booktabs}"]
     if not setups:
         return "\n".join(out + ["% No runs for this table."]) + "\n"
     for number, setup in enumerate(setups):
@@ -494,7 +497,7 @@ def latex_table(tidy: pd.DataFrame, table: str, setup: str, paper: str = "delta"
         rows.append(cells)
         bold.append(strong)
     models = list(dict.fromkeys(part["model"])) if "model" in part else []
-    caption = title(table, models).split(": ", 1)[-1]  # LaTeX numbers the table itself
+    caption = title(table, models, [setup]).split(": ", 1)[-1]  # LaTeX numbers the table itself
     if setup != PAPER_SETUP:
         caption += f"; setup {setup_id(setup)}, not comparable with the paper's numbers"
     label = f"tab:{table}" if first else f"tab:{table}-{setup_id(setup)}"
@@ -545,7 +548,8 @@ def _is_best(rec: dict, column_recs: list[dict], key: str) -> bool:
 
 def latex_note(table: str, setup: str, layout: str) -> str:
     reference = load_paper()[table]["rows"].get(REFERENCE_ROW.get(table), {}).get("label", "the reference row")
-    parts = ["Ours: mean ± std over seeds of the best dev score (std to one decimal, as the paper prints it)"
+    parts = [f"Ours: mean ± std over seeds of the score ({score_words([setup])}; std to one decimal, as the paper "
+             "prints it)"
              + ("; below it (ours − paper)" if layout == "delta" else "")
              + ("; Paper: the paper's number" if layout == "column" else "")
              + f"; n=k: k seeds where not {EXPECTED_SEEDS}. Bold: the best of each column.",
