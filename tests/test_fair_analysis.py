@@ -258,3 +258,38 @@ def test_lr_search_selection_and_the_five_seed_sweep_through_train_py(tmp_path, 
     final = runs[runs["lr_source"] == "table"]
     assert sorted(final["seed"]) == [1, 2, 3, 4, 5] and set(final["lr"]) == {table[("rte", "lora")]}
     assert set(final["setup"]) == {next(iter(set(final["setup"])))} and "lr=selected on validation" in final["setup"].iloc[0]
+
+
+def test_a_method_has_one_colour_in_every_figure(tmp_path, monkeypatch):
+    """Learning curves, Pareto fronts and the rest draw each method in the colour of its arm, not
+    in the n-th colour of the figure's own method list (which differ between figures)."""
+    import matplotlib.colors as mcolors
+
+    from adarank.analysis import curves
+    from adarank.analysis.costs import ARM_ORDER
+    from adarank.analysis.labels import ARM_COLORS, arm_color
+
+    assert len({arm_color(arm) for arm in ARM_ORDER}) == len(ARM_ORDER) <= len(ARM_COLORS)
+    seen: dict[str, dict[str, str]] = {}
+
+    def record(fig, path):
+        colours = seen.setdefault(Path(path).name, {})
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                if not line.get_label().startswith("_"):
+                    colours[line.get_label()] = mcolors.to_hex(line.get_color())
+            for bars in ax.containers:
+                colours[bars.get_label()] = mcolors.to_hex(bars.lines[0].get_color())
+        return path
+
+    monkeypatch.setattr(curves, "save", record)
+    monkeypatch.setattr(figures, "save", record)  # pareto imports it when it draws
+    runs = load_runs(protocols_tree(tmp_path / "raw"))
+    paper = runs[runs["protocol"] == "paper"]
+    curves.learning_curves(paper, tmp_path)
+    pareto.pareto_figures(paper[paper["task"] == "rte"], tmp_path)
+    # the Pareto figure lists the methods in another order than the learning curves did
+    figures_of_lora = {name: c["LoRA"] for name, c in seen.items() if "LoRA" in c}
+    assert len(figures_of_lora) >= 3  # two learning curves (RTE, MRPC) and the RTE Pareto figure
+    assert set(figures_of_lora.values()) == {arm_color("lora")}
+    assert {c["AdaLoRA"] for c in seen.values() if "AdaLoRA" in c} == {arm_color("adalora")} != {arm_color("lora")}

@@ -30,6 +30,7 @@ from adarank.analysis.figures import (
     setup_sentence,
     title_tag,
 )
+from adarank.analysis.labels import arm_color, arm_order
 from adarank.analysis.paper import load_paper, task_label
 from adarank.analysis.runs import periodic_split
 from adarank.analysis.tables import axes_unchanged
@@ -70,7 +71,8 @@ def learning_curves(runs: pd.DataFrame, out_dir: Path) -> list[Drawn]:
     written = []
     for task in sorted(set(picked["task"])):
         curves, drawn = {}, []
-        for arm, part in picked[picked["task"] == task].groupby("arm", sort=True):
+        by_arm = picked[picked["task"] == task].groupby("arm")
+        for arm, part in sorted(by_arm, key=lambda item: arm_order(item[0])):  # the tables' row order
             series = {run["run_dir"]: eval_points(run["run_dir"], run["primary_metric"]) for _, run in part.iterrows()}
             series = {folder: s for folder, s in series.items() if not s.empty}
             if series:
@@ -85,7 +87,8 @@ def learning_curves(runs: pd.DataFrame, out_dir: Path) -> list[Drawn]:
             fig, ax = line_figure(len(curves))
             for arm, frame in curves.items():
                 steps = frame.index.to_numpy(dtype=float)
-                line = ax.plot(steps, frame.mean(axis=1), label=label(arm), marker="o" if len(steps) <= 12 else None)[0]
+                line = ax.plot(steps, frame.mean(axis=1), label=label(arm), color=arm_color(arm),
+                               marker="o" if len(steps) <= 12 else None)[0]
                 if frame.shape[1] > 1:
                     ax.fill_between(steps, frame.min(axis=1), frame.max(axis=1), color=line.get_color(), alpha=0.2)
             ax.set_xlabel("optimizer step")
@@ -146,7 +149,7 @@ def rank_over_time(runs: pd.DataFrame, out_dir: Path) -> list[Drawn]:
         with plt.rc_context(STYLE):
             fig, ax = line_figure(len(lines) + bool(budgets))
             for arm, seed, steps, values, _, _ in lines:
-                ax.step(steps, values, where="post", label=label(arm))
+                ax.step(steps, values, where="post", label=label(arm), color=arm_color(arm))
             for budget in budgets:
                 ax.axhline(budget, color="grey", linestyle="--", linewidth=0.8)
             if budgets:

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from adarank.analysis.labels import arm_color  # noqa: E402
 from adarank.analysis.paper import task_label  # noqa: E402
 from adarank.analysis.rank_pattern import WEIGHT_TYPES, load_rank_pattern, rank_matrix  # noqa: E402
 from adarank.analysis.runs import PAPER_SETUP, is_fair, score_words  # noqa: E402
@@ -233,7 +234,7 @@ def _draw_lines(data: pd.DataFrame, axis: str, xlabel: str, task: str, setup: st
         stats = part.groupby(axis)["score"].agg(["mean", "min", "max", "count"]).sort_index()
         seeds[arm] = int(stats["count"].max())
         x = stats.index.to_numpy(dtype=float)
-        line = ax.plot(x, stats["mean"], marker="o", label=ARM_LABELS[arm])[0]
+        line = ax.plot(x, stats["mean"], marker="o", label=ARM_LABELS[arm], color=arm_color(arm))[0]
         ax.fill_between(x, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
         ax.scatter(part[axis].astype(float), part["score"], color=line.get_color(), s=10, alpha=0.6)
     if not default.empty:

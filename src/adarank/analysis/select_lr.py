@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from adarank.analysis.labels import arm_label, arm_order
+from adarank.analysis.labels import arm_color, arm_label, arm_order
 from adarank.analysis.paper import task_label
 from adarank.analysis.runs import NoResultsError, load_runs, without_lr
 
@@ -174,7 +174,7 @@ def sensitivity_figures(grid: pd.DataFrame, out_dir: Path) -> list:
             fig, ax = line_figure(part["arm"].nunique())
             for arm, line in part.groupby("arm", sort=False):
                 bars = ax.errorbar(line["lr"], line["val_mean"], yerr=line["val_std"].fillna(0.0), marker="o",
-                                   capsize=2, label=arm_label(arm))
+                                   capsize=2, label=arm_label(arm), color=arm_color(arm))
                 pick = line[line["selected"]]
                 ax.plot(pick["lr"], pick["val_mean"], "o", markersize=8, markerfacecolor="none",
                         color=bars.lines[0].get_color())
