@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default=None, help="fp32 | bf16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1; 0 = OMP_NUM_THREADS's, which this script sets to 1 unless you did)")
+                   help="torch CPU threads (default 1; 0 = OMP_NUM_THREADS's, set to 1 by this script unless "
+                        "you set it)")
     p.add_argument("--steady", action="store_true",
                    help="grow from step 1 every step (init_warmup 0) so that fixed-k methods reach their final "
                         "rank during the warm-up and the timed steps run at it (use --warmup > 8)")

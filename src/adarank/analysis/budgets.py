@@ -54,8 +54,8 @@ def budgets_markdown(budgets: pd.DataFrame) -> str:
              f"Means over the finished seeds ({AT_DEFAULTS}; the learning rate is the setup's). "
              "Trainable parameters at the start, the peak and the end of training, the peak split into "
              "adapter (added by the method) / head (classifier, pooler, QA head) / other (backbone weights "
-             "trained in place); peak memory; wall time; non-padding training tokens. The score is the one the setup's protocol reports "
-             "(mean ± std over seeds).", ""]
+             "trained in place); peak memory; wall time; non-padding training tokens. The score is the one "
+             "the setup's protocol reports (mean ± std over seeds).", ""]
     if budgets.empty:
         return "\n".join(parts + ["No runs."]) + "\n"
     for setup, part in budgets.groupby("setup", sort=False):

@@ -202,7 +202,7 @@ def sensitivity_points(runs: pd.DataFrame, axis: str) -> pd.DataFrame:
 
 
 def sensitivity_figure(runs: pd.DataFrame, name: str, out_dir: Path) -> list[Drawn]:
-    """Figures 3-5: the score (the setup's protocol's) against the swept value, one line per method arm (mean over
+    """Figures 3-5: the score (its setup's protocol's) against the swept value, one line per arm (mean over
     seeds, band = min..max over seeds, dots = single seeds); one figure per task with at least one
     arm at two or more values, from the (preferred) setup of ``runs``."""
     axis, xlabel = SENSITIVITY[name]

@@ -67,7 +67,8 @@ def pareto_figures(runs: pd.DataFrame, out_dir: Path) -> list:
                     xerr = wall_std.get((setup, task, row.arm)) if cost == "wall_seconds" else None
                     ax.errorbar(getattr(row, cost), row.score, yerr=0.0 if pd.isna(row.score_std) else row.score_std,
                                 xerr=None if xerr is None or pd.isna(xerr) else xerr, capsize=2, linestyle="none",
-                                marker=MARKERS[number % len(MARKERS)], color=arm_color(row.arm), label=arm_label(row.arm))
+                                marker=MARKERS[number % len(MARKERS)], color=arm_color(row.arm),
+                                label=arm_label(row.arm))
                 best = front(part.dropna(subset=[cost]), cost)
                 ax.plot(best[cost], best["score"], "--", color="grey", linewidth=0.8, label="Pareto front")
                 ax.set_xscale("log" if log else "linear")
