@@ -224,6 +224,10 @@ def test_a_fair_tables_title_and_legend_name_its_score(tmp_path):
     assert paper.startswith("# Table I: DeBERTaV3-base fine-tuned on GLUE (best periodic dev evaluation)")
     latex = tables.to_latex(build_table(runs, "table1", [fair_setup]), "table1")
     assert "score (dev at the checkpoint chosen on validation; std to one decimal" in latex
+    # a fair cell is expected to hold 5 seeds (n=k only where it does not), a paper cell 3
+    assert "| 82.00 ± 1.58 " in text and "(n=5)" not in text and "missing (0/5 seeds)" in text
+    assert "(n=k) when fewer or more than 5 seeds" in text and "n=k: k seeds where not 5" in latex
+    assert "| 81.00 ± 1.00 " in paper and "missing (0/3 seeds)" in paper
 
 
 @pytest.mark.slow

@@ -28,9 +28,16 @@ import pandas as pd
 
 from adarank.analysis import latex
 from adarank.analysis.paper import glue_tasks, load_paper, paper_avg, paper_cell, task_label
-from adarank.analysis.runs import AXES, PAPER_MODEL, PAPER_SETUP, protocol_note, score_words
+from adarank.analysis.runs import AXES, PAPER_MODEL, PAPER_SETUP, is_fair, protocol_note, score_words
 
 EXPECTED_SEEDS = 3
+#: the fair protocol's seeds per cell (conf/sweep/fair_table1.yaml, mini_fair.yaml: seeds 1-5)
+FAIR_SEEDS = 5
+
+
+def expected_seeds(setup: str) -> int:
+    """Seeds a cell of this setup should have: n=k is printed only where k differs."""
+    return FAIR_SEEDS if is_fair(setup) else EXPECTED_SEEDS
 AVG = "avg"
 #: the row every other row is tested against (Welch's t-test over seeds), per table
 REFERENCE_ROW = {"table1": "triadapt_best", "table2": "orthogonal", "table3": "norm_r", "table4": "triadapt_linear"}
@@ -309,11 +316,18 @@ def legend(table: str, with_paper: bool = True, setups=()) -> str:
             "tested against it. " if table == "table1" else "")
     return (
         f"Ours: mean ± std over seeds of the score ({score_words(setups)}; (n=k) when fewer or more than "
-        f"{EXPECTED_SEEDS} seeds). {paper}Bold: the best mean of each column. {MARK}: the row differs from "
+        f"{_seeds_words(setups)}). {paper}Bold: the best mean of each column. {MARK}: the row differs from "
         f"{reference} on that task beyond seed noise (Welch's t-test over seeds, p < {ALPHA}; every p-value "
         f"is in the .csv). {pick}Avg. = mean of the 8 task means (needs all 8). Missing cells say so "
         "(\"missing\"; -- in LaTeX)."
     )
+
+
+def _seeds_words(setups) -> str:
+    counts = sorted({expected_seeds(s) for s in setups} or {EXPECTED_SEEDS})
+    if len(counts) == 1:
+        return f"{counts[0]} seeds"
+    return f"{EXPECTED_SEEDS} seeds under the paper protocol, {FAIR_SEEDS} under the fair one"
 
 
 def column_label(table: str, column: str) -> str:
@@ -329,7 +343,8 @@ def ours_text(rec: dict) -> str:
         return f"{rec['mean']:.2f}" if rec["mean"] is not None else f"missing ({rec['n']:.0f}/8 tasks)"
     diverged = rec.get("diverged") or 0
     if rec["mean"] is None:
-        return f"diverged ({diverged:.0f}/{EXPECTED_SEEDS} seeds)" if diverged else f"missing (0/{EXPECTED_SEEDS} seeds)"
+        expected = expected_seeds(rec["setup"])
+        return f"diverged ({diverged:.0f}/{expected} seeds)" if diverged else f"missing (0/{expected} seeds)"
     spread = f" ± {rec['std']:.2f}" if rec["std"] is not None else ""
     seeds = f" ({_seed_note(rec)})" if _seed_note(rec) else ""
     return f"{rec['mean']:.2f}{spread}{seeds}{_pick(rec)}{_mark(rec)}"
@@ -337,7 +352,7 @@ def ours_text(rec: dict) -> str:
 
 def _seed_note(rec: dict) -> str:
     diverged = rec.get("diverged") or 0
-    note = f"n={rec['n']:.0f}" if rec["n"] != EXPECTED_SEEDS or diverged else ""
+    note = f"n={rec['n']:.0f}" if rec["n"] != expected_seeds(rec["setup"]) or diverged else ""
     return note + (f", {diverged:.0f} diverged" if diverged else "")
 
 
@@ -519,12 +534,14 @@ def row_label(table: str, key: str, label: str) -> str:
 
 def latex_cell(rec: dict, layout: str) -> str:
     """Ours as the paper prints it (mean to two decimals, ± std to one), then below it what
-    qualifies it: (Δ) in the delta layout, n=k when not 3 seeds, [L]/[N] for the picked cell; the
-    last two share Δ's line when that does not widen the cell, else take a line of their own."""
+    qualifies it: (Δ) in the delta layout, n=k when not the expected seeds (3; fair protocol 5),
+    [L]/[N] for the picked cell; the last two share Δ's line when that does not widen the cell,
+    else take a line of their own."""
     average = rec["column"] == AVG
     diverged = rec.get("diverged") or 0
     if rec["mean"] is None:
-        first = f"div. ({diverged:.0f}/{EXPECTED_SEEDS})" if diverged and not average else "–"
+        expected = expected_seeds(rec["setup"])
+        first = f"div. ({diverged:.0f}/{expected})" if diverged and not average else "–"
     else:
         spread = f"±{rec['std']:.1f}" if rec["std"] is not None else ""
         first = f"{rec['mean']:.2f}{spread}{_mark(rec)}"
@@ -552,7 +569,7 @@ def latex_note(table: str, setup: str, layout: str) -> str:
              "prints it)"
              + ("; below it (ours − paper)" if layout == "delta" else "")
              + ("; Paper: the paper's number" if layout == "column" else "")
-             + f"; n=k: k seeds where not {EXPECTED_SEEDS}. Bold: the best of each column.",
+             + f"; n=k: k seeds where not {expected_seeds(setup)}. Bold: the best of each column.",
              f"{MARK}: differs from {reference} beyond seed noise (Welch's t-test over seeds, p < {ALPHA})."]
     if table == "table1":
         parts.append("TriAdaptLoRA: per task the better of Linear and Non-Linear, as in the paper; [L]/[N]: the "
