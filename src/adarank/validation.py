@@ -61,8 +61,8 @@ def check_values(cfg) -> None:
         # inf is refused where it could only end in NaN weights; train.max_grad_norm=inf is
         # torch's "no clipping" and stays allowed
         finite = key != "train.max_grad_norm"
-        if (not _is_number(value) or value < 0 or (key in POSITIVE and value == 0)
-                or (finite and not is_finite_number(value))):
+        number = is_finite_number(value) if finite else _is_number(value)
+        if not number or value < 0 or (key in POSITIVE and value == 0):
             bound = "> 0" if key in POSITIVE else ">= 0"
             raise ValueProblem(f"{key} must be a {'finite ' if finite else ''}number {bound}, got {value!r}")
     workers = OmegaConf.select(cfg, "train.num_workers")

@@ -14,6 +14,7 @@ import pandas as pd
 from adarank.analysis.budgets import build_budgets
 from adarank.analysis.labels import arm_color, arm_label
 from adarank.analysis.paper import task_label
+from adarank.analysis.runs import is_fair
 
 PANELS = (("trainable_peak_total", "trainable parameters (peak)", True), ("wall_seconds", "wall time per run (s)", False))
 MARKERS = "osD^vP*Xh<>"  # with the 10 default colours: a distinct (colour, marker) for up to 110 methods
@@ -57,7 +58,7 @@ def pareto_figures(runs: pd.DataFrame, out_dir: Path) -> list:
         part = part.dropna(subset=["score"])
         if part["arm"].nunique() < 2:
             continue
-        protocol = "fair" if "protocol=fair" in setup else "paper"
+        protocol = "fair" if is_fair(setup) else "paper"
         with plt.rc_context(STYLE):
             legend_rows = -(-(len(part) + 1) // LEGEND_COLUMNS)
             fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 2.8 + LEGEND_ROW * legend_rows), sharey=True,

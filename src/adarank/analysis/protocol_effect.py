@@ -16,10 +16,10 @@ import pandas as pd
 
 from adarank.analysis.labels import arm_label, arm_order
 from adarank.analysis.paper import task_label
-from adarank.analysis.runs import LR_LABEL, PAPER_MODEL, PAPER_SETUP
+from adarank.analysis.runs import LR_LABEL, PAPER_MODEL, PAPER_SETUP, without_lr
 from adarank.analysis.tables import axes_unchanged
 
-_FAIR_PARTS = re.compile(rf"(, )?\b(protocol=fair|{LR_LABEL}=[^,;]*)")
+_FAIR_PART = re.compile(r"(, )?\bprotocol=fair")
 SELECTED = f"{LR_LABEL}=selected on validation"
 
 
@@ -27,7 +27,7 @@ def base_setup(setup: str) -> str:
     """A setup label without its protocol parts (what a paper setup and a fair one share)."""
     if setup == PAPER_SETUP:
         return f"model={PAPER_MODEL}"
-    return _FAIR_PARTS.sub("", setup)
+    return _FAIR_PART.sub("", without_lr(setup))
 
 
 def setup_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:

@@ -409,7 +409,8 @@ def drop_stale_lr_table_runs(frame: pd.DataFrame, dropped: list | None = None) -
         log.warning("leaving out %s: trained at LR %g from an older LR table; its cell's newest run is at "
                     "another LR (delete it, or rerun the stage with the table you mean)", run["run_dir"], run["lr"])
         if dropped is not None:
-            dropped.append((run["run_dir"], "trained at the LR of an older LR table (the cell's newest run is at another LR)"))
+            dropped.append((run["run_dir"],
+                            "trained at the LR of an older LR table (the cell's newest run is at another LR)"))
     return frame.drop(index=stale)
 
 
