@@ -387,10 +387,30 @@ def shown_columns(part: pd.DataFrame, setup: str, table: str) -> list[str]:
     return columns
 
 
+def shown_rows(part: pd.DataFrame, setup: str) -> list[str]:
+    """The row keys printed for a setup: every row of the paper's table in the paper's setup (its
+    numbers stand beside ours); in another setup (a mini sweep of a few methods) only the rows
+    with a finished or diverged run in some task, the others named once below the table
+    (``unrun_rows``)."""
+    keys = list(dict.fromkeys(part["row"]))
+    if setup == PAPER_SETUP:
+        return keys
+    tasks = part[part["column"] != AVG]
+    ran = tasks.loc[(tasks["n"] > 0) | (tasks["diverged"] > 0), "row"]
+    return [k for k in keys if k in set(ran)] or keys
+
+
+def unrun_rows(part: pd.DataFrame, setup: str) -> list[str]:
+    """The labels of the rows ``shown_rows`` leaves out."""
+    shown = set(shown_rows(part, setup))
+    return list(dict.fromkeys(part.loc[~part["row"].isin(shown), "label"]))
+
+
 def blocks(tidy: pd.DataFrame, table: str, setup: str) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """Per block (Ours; Paper and Δ for the paper setup only): the cell texts and where the bold
     (best mean per column) goes, rows = method labels, columns = task labels."""
     part = tidy[tidy["setup"] == setup]
+    part = part[part["row"].isin(shown_rows(part, setup))]
     columns = shown_columns(part, setup, table)
     labels = list(dict.fromkeys(part["label"]))
     out = {}
@@ -446,6 +466,9 @@ def to_markdown(tidy: pd.DataFrame, table: str, left: pd.DataFrame | None = None
             for name, (texts, bold) in blocks(tidy, table, setup).items():
                 shown = texts.where(~bold, "**" + texts + "**")
                 parts += [f"### {name}", "", shown.rename_axis("Method").reset_index().to_markdown(index=False), ""]
+            unrun = unrun_rows(tidy[tidy["setup"] == setup], setup)
+            if unrun:
+                parts += [f"Not run in this setup: {', '.join(unrun)}.", ""]
         if PAPER_SETUP in setups:
             parts += ["Row sources:", ""]
             for key, row in load_paper()[table]["rows"].items():
@@ -497,7 +520,7 @@ def latex_table(tidy: pd.DataFrame, table: str, setup: str, paper: str = "delta"
         name = _latex_column(table, column)
         header += [(name, "Ours"), (name, "Paper")] if layout == "column" else [name]
     rows, bold = [], []
-    for key in dict.fromkeys(part["row"]):
+    for key in shown_rows(part, setup):
         recs = {r["column"]: _clean(r) for r in part[part["row"] == key].to_dict("records")}
         first_rec = next(iter(recs.values()))
         cells, strong = [row_label(table, key, first_rec["label"])], [False]
