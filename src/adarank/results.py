@@ -327,14 +327,14 @@ def metrics_problems(metrics) -> list[str]:
             for key in [k for k, v in values.items() if isinstance(v, dict)]:
                 values.update(_leaves(key, values.pop(key)))
             problems += [f"{section}.{k} is {v!r}, not a number" for k, v in values.items()
-                         if v is not None and not _is_number(v)]
+                         if v is not None and not _is_json_number(v)]
     if isinstance(metrics.get("by_rank"), dict):
         problems += [f"by_rank key {k!r} is not a rank" for k in metrics["by_rank"] if not str(k).isdigit()]
     if problems or metrics["status"] != "completed":
         return problems
     for which in ("best", "final"):
         value = metrics[which].get(metrics["primary_metric"])
-        if not _is_number(value) or not math.isfinite(value):
+        if not _is_json_number(value) or not math.isfinite(value):
             problems.append(f"{which}.{metrics['primary_metric']} is {value!r}, not a finite number")
     return problems
 
@@ -349,7 +349,10 @@ def _leaves(prefix: str, value) -> dict:
     return out
 
 
-def _is_number(value) -> bool:
+def _is_json_number(value) -> bool:
+    """An int or float (not a bool), NaN and infinity included, as json reads them: that a
+    completed run's primary score is finite is checked on its own (metrics_problems); config
+    options use validation.is_finite_number instead."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
