@@ -1,11 +1,21 @@
 """The fair protocol's sweeps (conf/sweep/lr_search*.yaml, fair_table1.yaml, mini_fair*.yaml): their
-grids, that every job composes under the intended protocol, and the seeds kept apart."""
+grids, that every job composes under the intended protocol, the seeds kept apart, and the LR search
+through Hydra's Optuna sweeper."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import os
+import subprocess
+import sys
 
+import pytest
+import yaml
+
+from adarank.analysis.runs import load_runs
+from adarank.analysis.select_lr import lr_grid
 from adarank.analysis.sweep_configs import compose_jobs, sweep_jobs
+from tests.conftest import REPO
 
 TABLE1_ARMS = 11
 EXPECTED = {
@@ -69,3 +79,40 @@ def test_the_final_stages_require_an_lr_table():
         [cfg] = compose_jobs(sweep_jobs(name)[:1])
         with pytest.raises(ConfigError, match="add protocol.lr_table=path/to/selected_lr.yaml"):
             protocol.check(cfg, None)
+
+
+@pytest.mark.slow
+def test_the_optuna_search_samples_the_grids_range_and_selects_on_validation(tmp_path, tiny_glue_dir):
+    """+sweep=lr_search_optuna through train.py: TPE draws lr_scale in [1/8, 4] (log), each trial's
+    objective is the run's validation score, a rerun skips every trial and draws the same LRs, and
+    select_lr picks among the drawn LRs on validation."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO / "src")}
+
+    def search(sweep_dir: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "train.py"), "-m", "+sweep=lr_search_optuna", "task=rte", "method=lora",
+             "model=tiny", f"data.dir={tiny_glue_dir}", "train.max_steps=3", "task.warmup_steps=0", "train.progress=off",
+             f"results.root={tmp_path / 'raw'}", f"hydra.sweep.dir={tmp_path / sweep_dir}", "hydra.sweeper.n_trials=3"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    search("first")
+    runs = load_runs(tmp_path / "raw")
+    assert len(runs) == 3 and set(runs["protocol"]) == {"fair"} and set(runs["lr_source"]) == {"scale"}
+    scales = sorted(runs["lr_scale"].astype(float))
+    assert len(set(scales)) == 3 and all(0.125 <= s <= 4 for s in scales)
+    assert not any(s in (0.125, 0.25, 0.5, 1, 2, 4) for s in scales)  # drawn, not the grid's
+    result = yaml.safe_load((tmp_path / "first" / "optimization_results.yaml").read_text())
+    # the objective is the validation score, not dev's (which differ here: 40 vs 50 on the tiny data)
+    assert runs["val_score"].max() != runs["score"].max()
+    assert result["best_value"] == pytest.approx(runs["val_score"].max())
+
+    search("again")  # the finished trials are skipped and lead the seeded sampler to the same LRs
+    statuses = [json.loads(p.read_text())["status"] for p in sorted((tmp_path / "again").glob("*/job_status.json"))]
+    assert statuses == ["skipped"] * 3 and len(load_runs(tmp_path / "raw")) == 3
+
+    grid = lr_grid(load_runs(tmp_path / "raw"))
+    picked = grid[grid["selected"]].iloc[0]
+    best = grid.sort_values(["val_mean", "lr"], ascending=[False, True]).iloc[0]
+    assert picked["lr"] == best["lr"] and sorted(grid["lr_scale"].astype(float)) == scales
