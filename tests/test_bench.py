@@ -80,6 +80,16 @@ def test_plain_label_builds_the_straightforward_storage():
     assert fast.method.fast is True and hasattr(fast.model, "triadapt_blocks")
 
 
+def test_per_rank_label_builds_increloras_official_layout():
+    from adarank.tools.bench import build_runner
+
+    bc = BenchConfig(preset="tiny", batch=2, seq_len=16, steps=2, warmup=1, memory=False)
+    per_rank, _ = build_runner(bc, "increlora-per-rank", 0, torch.device("cpu"))
+    blocks, _ = build_runner(bc, "increlora", 1, torch.device("cpu"))
+    assert per_rank.method.rank_blocks is False and all(not l.rank_blocks for l in per_rank.method.layers.values())
+    assert blocks.method.rank_blocks is True and all(l.rank_blocks for l in blocks.method.layers.values())
+
+
 def test_op_counter_counts_per_phase_and_skips_views():
     from adarank.tools.op_count import OpCounter
 

@@ -173,11 +173,13 @@ def test_reserve_ranks_are_created_at_the_first_step_and_activated_by_growth():
     layer = method.layers["layers.0"]
     assert len(layer.lora_E) == 1 and layer.rank == 1
     method.before_optimizer_step(ctx(0, model, optimizer, scheduler))
-    # step 0: Δr reserve ranks per module, E frozen at 1e-5, A and B trainable, in one new group
-    assert len(layer.lora_E) == 3 and layer.rank == 1 and layer.num_reserve == 2
+    # step 0: Δr reserve ranks per module, E frozen at 1e-5, A and B trainable, in one new group;
+    # the Δr ranks of a module are one block (layer.rank_blocks): a 2 x in A, 2 x 1 E, out x 2 B
+    assert len(layer.lora_E) == 2 and layer.rank == 1 and layer.num_reserve == 2
+    assert [tuple(p.shape) for p in (layer.lora_A[1], layer.lora_E[1], layer.lora_B[1])] == [(2, 6), (2, 1), (6, 2)]
     reserve_e = list(layer.lora_E)[1:]
     reserve_ab = list(layer.lora_A)[1:] + list(layer.lora_B)[1:]
-    assert all(float(e.detach()) == pytest.approx(RESERVE_E) and not e.requires_grad for e in reserve_e)
+    assert all(torch.equal(e.detach(), torch.full_like(e, RESERVE_E)) and not e.requires_grad for e in reserve_e)
     assert all(p.requires_grad for p in reserve_ab)
     reserve_group = optimizer.param_groups[-1]
     assert {id(p) for p in reserve_group["params"]} == {
@@ -192,10 +194,10 @@ def test_reserve_ranks_are_created_at_the_first_step_and_activated_by_growth():
         method.before_optimizer_step(ctx(step, model, optimizer, scheduler))
         scheduler.step()
     assert [e["modules"] for e in method.growth_log] == [["layers.0"]]
-    assert layer.rank == 3 and layer.num_reserve == 2 and len(layer.lora_E) == 5
+    assert layer.rank == 3 and layer.num_reserve == 2 and len(layer.lora_E) == 3
     # the former reserve is active: trainable E, still at its 1e-5 value; a fresh reserve follows
-    assert all(e.requires_grad and float(e.detach()) == pytest.approx(RESERVE_E) for e in reserve_e)
-    new_reserve = list(layer.lora_A)[3:] + list(layer.lora_B)[3:]
+    assert all(e.requires_grad and torch.equal(e.detach(), torch.full_like(e, RESERVE_E)) for e in reserve_e)
+    new_reserve = list(layer.lora_A)[2:] + list(layer.lora_B)[2:]
     growth_group = optimizer.param_groups[-1]
     expected = {id(e) for e in reserve_e} | {id(p) for p in new_reserve}
     assert expected <= {id(p) for p in growth_group["params"]}
@@ -216,7 +218,7 @@ def test_scoring_stops_at_budget_exhaustion_and_no_hook_runs_afterwards():
     assert method.growth_log[-1]["total_rank"] == 8 and not method.budget_open
     layers = list(method.layers.values())
     assert all(layer.hook_calls == 5 and not layer.scoring and layer.score is None for layer in layers)
-    assert all(float(layer.lora_E[-1]) == 0.0 for layer in layers)  # reserve E zeroed
+    assert all(not layer.lora_E[-1].detach().any() for layer in layers)  # reserve E zeroed
     ipt = method.exp_avg_ipt.clone()
     for step in range(5, 8):
         train_step(method, model, optimizer, scheduler, step, total=12)
@@ -230,7 +232,38 @@ def test_an_overshooting_last_event_stops_scoring_but_keeps_the_reserve_like_the
     method, model, _ = run_schedule(10, [4.0, 3.0, 2.0, 1.0], incre_rank_num=2)
     assert [e["total_rank"] for e in method.growth_log] == [10, 14]
     assert not method.budget_open and not method.reserve_zeroed
-    assert all(float(layer.lora_E[-1]) == pytest.approx(RESERVE_E) for layer in method.layers.values())
+    reserves = [layer.lora_E[-1].detach() for layer in method.layers.values()]  # a block of Δr = 2 each
+    assert all(e.shape == (2, 1) and torch.equal(e, torch.full_like(e, RESERVE_E)) for e in reserves)
+
+
+def test_a_checkpoint_of_the_per_rank_layout_resumes_in_it():
+    """A method state written before the rank blocks (no ``rank_blocks`` entry) rebuilds one
+    parameter per rank, so its tensors and optimizer state load; a new state rebuilds blocks."""
+    from adarank.training.best_state import NoScheduler
+    from adarank.training.checkpoint import load_tensors
+
+    for blocks in (False, True):
+        method, model, optimizer, scheduler = build(incre_rank_num=2, reference_rank=5, top_h=2)
+        method.rank_blocks = blocks
+        for layer in method.layers.values():
+            layer.rank_blocks = blocks
+        for step in range(5):
+            train_step(method, model, optimizer, scheduler, step)
+        assert len(method.growth_log) == 1
+        state = method.state_dict()
+        if not blocks:
+            del state["rank_blocks"]  # as an older checkpoint has it
+        fresh, fresh_model, _, _ = build(incre_rank_num=2, reference_rank=5, top_h=2)
+        assert fresh.rank_blocks is True
+        fresh.restore_structure(fresh_model, NoScheduler(), state)
+        assert fresh.rank_blocks is blocks
+        load_tensors(fresh_model, dict(model.named_parameters()))
+        grown = set(method.growth_log[0]["modules"])
+        for name, old in method.layers.items():
+            new = fresh.layers[name]
+            additions = 2 if name in grown else 1  # the reserve of step 0, and one per growth
+            assert len(new.lora_A) == len(old.lora_A) == 1 + additions * (1 if blocks else 2)
+            assert all(torch.equal(x, y) for x, y in zip(old.matrices(), new.matrices()))
 
 
 def test_adam_state_of_existing_parameters_is_untouched_by_growth():

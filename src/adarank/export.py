@@ -181,7 +181,10 @@ def _load_increlora(model, adapter: Path, cfg, metrics, run_dir, rank) -> nn.Mod
     method = method_class("increlora")(cfg.method, cfg.task, threshold, cfg.model)
     model = method.prepare(model)
     growth = [json.loads(line) for line in (run_dir / "growth_log.jsonl").read_text().splitlines() if line.strip()]
-    method.restore_structure(model, NoScheduler(), {"reserve_added": True, "growth_log": growth})
+    # the parameter layout of the run (one block per growth, or one parameter per rank before those)
+    rank_blocks = bool((metrics.get("rank") or {}).get("rank_blocks", False))
+    structure = {"reserve_added": True, "growth_log": growth, "rank_blocks": rank_blocks}
+    method.restore_structure(model, NoScheduler(), structure)
     if (metrics.get("rank") or {}).get("reserve_zeroed"):
         for layer in method.layers.values():
             layer.zero_reserve()

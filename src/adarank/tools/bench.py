@@ -82,9 +82,14 @@ METHODS = {
     # TriAdaptLoRA-fixed with the straightforward storage (4 parameters per block and module,
     # no fast paths): the oracle of tests/test_triadapt_fast.py, to see what the fast paths buy
     "triadapt-plain": ("triadapt", "fixed"),
+    # IncreLoRA in the official layout, one parameter per rank (docs/baselines.md C17), to see what
+    # one block per growth buys
+    "increlora-per-rank": ("increlora", "fixed"),
 }
 #: labels whose method runs with ``fast = False``
 PLAIN = ("triadapt-plain",)
+#: labels whose IncreLoRA keeps one parameter per rank (``rank_blocks = False``)
+PER_RANK = ("increlora-per-rank",)
 DEFAULT_METHODS = tuple(METHODS)
 #: what `make bench` runs on the base preset (the methods the performance targets name)
 BASE_DEFAULT_METHODS = ("floor", "lora", "increlora", "triadapt-fixed", "triadapt-linear")
@@ -384,6 +389,8 @@ def build_runner(bc: BenchConfig, label: str, index: int, device: torch.device) 
     method = klass(cfg.method, cfg.task, threshold_cfg, cfg.model)
     if label in PLAIN:
         method.fast = False
+    if label in PER_RANK:
+        method.rank_blocks = False
     model = method.prepare(model).to(device)
     runner = Runner(label, index, cfg, method, model, device, trainable_start=count_trainable(model))
     data = synthetic_dataset(bc, int(cfg.model.vocab_size), int(cfg.task.num_labels))

@@ -4,11 +4,17 @@ A wrapped frozen ``nn.Linear`` computes
 
     y = W0 x + b + dropout(x) ΔWᵀ,     ΔW = B (A ⊙ E) · alpha / (ranknum + 1e-5)
 
-with ``A`` (R x in), ``E`` (R x 1), ``B`` (out x R) the concatenations of rank-1 blocks (IncreLoRA
-keeps every rank as its own parameter so that ranks can be appended without touching the
-optimizer state of the existing ones). ``ranknum`` counts the *activated* ranks; the trailing
-"reserve" ranks of advance learning take part in the forward pass with E frozen at 1e-5 but are
-not counted.
+with ``A`` (R x in), ``E`` (R x 1), ``B`` (out x R) the concatenations of blocks of ranks. The
+official code keeps every rank as its own parameter, so that ranks can be appended without
+touching the optimizer state of the existing ones. Here (``rank_blocks``, the default) the Δr
+ranks a module receives at one growth are one block, one parameter each for their A rows, E
+entries and B columns: they are drawn, created, activated and handed to the optimizer together,
+so AdamW (element-wise, one step count per parameter) updates every entry as it would in the
+official one-parameter-per-rank layout, which ``rank_blocks = False`` keeps (the equivalence
+test's oracle; docs/baselines.md C17). The blocks only cut the number of tensors that AdamW,
+gradient clipping and ``zero_grad`` visit every step by a factor Δr. ``ranknum`` counts the
+*activated* ranks; the trailing "reserve" ranks of advance learning take part in the forward pass
+with E frozen at 1e-5 but are not counted.
 
 Importance (official ``SVDLinear.backward_hook``): for every backward pass while scoring is on,
 
@@ -40,6 +46,9 @@ SCORE_NORMS = ("sqrt_numel", "numel")
 #: default of ``IncreLinear.fast``: in-place scoring (bit-identical to the plain form, which
 #: ``fast=False`` runs and tests/test_increlora_fast.py compares against)
 FAST = True
+#: default of ``IncreLinear.rank_blocks``: one parameter per growth of a module instead of one
+#: per rank (the same updates; tests/test_increlora_fast.py)
+RANK_BLOCKS = True
 
 
 class IncreLinear(nn.Module):
@@ -82,6 +91,8 @@ class IncreLinear(nn.Module):
         self.hook_seconds = 0.0
         #: False: the straightforward scoring code (the equivalence tests' oracle)
         self.fast = FAST
+        #: True: each add_reserve call appends one block of ranks; False: one parameter per rank
+        self.rank_blocks = RANK_BLOCKS
 
     # -- parameters ------------------------------------------------------------------------
     @property
@@ -99,22 +110,38 @@ class IncreLinear(nn.Module):
         return b @ (a * e) * (self.scaling / (self.ranknum + 1e-5))
 
     def add_reserve(self, count: int) -> list[nn.Parameter]:
-        """Append ``count`` reserve ranks: E frozen at 1e-5, A and B ~ N(0, 0.02) trainable.
+        """Append ``count`` reserve ranks: E frozen at 1e-5, A and B ~ N(0, 0.02) trainable, drawn
+        rank by rank (A row, then B column) as the official ``add_reserve_param`` draws them; one
+        block of ``count`` ranks (``rank_blocks``) or one parameter per rank.
 
-        Returns the new trainable parameters (A and B blocks) for the optimizer.
+        Returns the new trainable parameters (A and B) for the optimizer.
         """
         weight = self.lora_A[0]
-        new = []
+        rows, columns = [], []
         for _ in range(count):
-            e = nn.Parameter(weight.new_full((1, 1), RESERVE_E), requires_grad=False)
-            a = nn.Parameter(weight.new_empty(1, self.in_features).normal_(0.0, INIT_STD))
-            b = nn.Parameter(weight.new_empty(self.out_features, 1).normal_(0.0, INIT_STD))
+            rows.append(weight.new_empty(1, self.in_features).normal_(0.0, INIT_STD))
+            columns.append(weight.new_empty(self.out_features, 1).normal_(0.0, INIT_STD))
+        pieces = [(torch.cat(rows, 0), torch.cat(columns, 1))] if self.rank_blocks else list(zip(rows, columns))
+        new = []
+        for a, b in pieces:
+            e = nn.Parameter(weight.new_full((a.shape[0], 1), RESERVE_E), requires_grad=False)
+            a, b = nn.Parameter(a), nn.Parameter(b)
             self.lora_E.append(e)
             self.lora_A.append(a)
             self.lora_B.append(b)
             new += [a, b]
         self.num_reserve += count
         return new
+
+    def _reserve_e(self) -> list[nn.Parameter]:
+        """The trailing E parameters that hold the ``num_reserve`` reserve ranks."""
+        blocks, ranks = [], 0
+        for e in reversed(list(self.lora_E)):
+            if ranks == self.num_reserve:
+                break
+            blocks.insert(0, e)
+            ranks += e.shape[0]
+        return blocks
 
     def activate_reserve(self) -> list[nn.Parameter]:
         """Turn every reserve rank into an active one (official ``increase_to_target_rank``):
@@ -123,7 +150,7 @@ class IncreLinear(nn.Module):
         count = self.num_reserve
         if count == 0:
             return []
-        activated = list(self.lora_E)[-count:]
+        activated = self._reserve_e()
         for e in activated:
             e.requires_grad = True
         self.ranknum += count
@@ -133,7 +160,7 @@ class IncreLinear(nn.Module):
     def zero_reserve(self) -> None:
         """Set the reserve E blocks to 0 (official behaviour when the budget is exactly met)."""
         with torch.no_grad():
-            for e in list(self.lora_E)[len(self.lora_E) - self.num_reserve :]:
+            for e in self._reserve_e():
                 e.zero_()
 
     # -- forward / scoring -----------------------------------------------------------------

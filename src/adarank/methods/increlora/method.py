@@ -111,6 +111,10 @@ class IncreLoRA(Method):
         #: and AdamW's foreach kernels over the many rank-1 blocks (the same arithmetic as the
         #: per-tensor loop, which CPU AdamW uses by default); False = the plain oracle
         self.fast = True
+        #: a module's Δr ranks of one growth as one block of parameters (layer.py); False = one
+        #: parameter per rank, the official layout. Recorded in the method state: a checkpoint
+        #: written before the blocks existed has no entry and resumes in the per-rank layout.
+        self.rank_blocks = True
 
     # -- cost accounting: time in the allocator plus time in the backward scoring hooks ------
     @property
@@ -135,6 +139,7 @@ class IncreLoRA(Method):
                 score_norm=str(self.cfg.score_norm),
             )
             layer.fast = self.fast
+            layer.rank_blocks = self.rank_blocks
             replace_module(model, name, layer)
             self.layers[name] = layer
         self.total_rank = init_rank * len(self.layers)
@@ -195,6 +200,7 @@ class IncreLoRA(Method):
             "budget_open": self.budget_open,
             "reserve_added": self.reserve_added,
             "reserve_zeroed": self.reserve_zeroed,
+            "rank_blocks": self.rank_blocks,
             "exhausted_at": self.exhausted_at,
             "exp_avg_ipt": self.exp_avg_ipt,
             "exp_avg_unc": self.exp_avg_unc,
@@ -203,7 +209,11 @@ class IncreLoRA(Method):
         }
 
     def restore_structure(self, model: nn.Module, scheduler, state: dict) -> None:
-        """Replay the reserve of step 0 and every growth event of the log (same groups, same order)."""
+        """Replay the reserve of step 0 and every growth event of the log (same groups, same order),
+        in the parameter layout the state was written with."""
+        self.rank_blocks = bool(state.get("rank_blocks", False))
+        for layer in self.layers.values():
+            layer.rank_blocks = self.rank_blocks
         if not state["reserve_added"]:
             return
         new = [p for layer in self.layers.values() for p in layer.add_reserve(self.delta_r)]
@@ -300,6 +310,7 @@ class IncreLoRA(Method):
                 "growth_events": len(self.growth_log),
                 "budget_exhausted_step": self.exhausted_at,
                 "reserve_zeroed": self.reserve_zeroed,
+                "rank_blocks": self.rank_blocks,
             }
         )
         return out
