@@ -82,7 +82,7 @@ class IncreLinear(nn.Module):
             [nn.Parameter(weight.new_empty(self.out_features, init_rank).normal_(0.0, INIT_STD))]
         )
         self.register_buffer("ranknum", weight.new_tensor(float(init_rank)))
-        self.num_reserve = 0  # trailing rank-1 blocks that are reserve (not counted in ranknum)
+        self.num_reserve = 0  # trailing ranks that are reserve (not counted in ranknum)
         #: compute the importance score in backward passes (off once the budget is spent)
         self.scoring = True
         #: importance of the last backward pass (0-dim tensor; None before the first one)
@@ -101,7 +101,7 @@ class IncreLinear(nn.Module):
         return int(round(float(self.ranknum)))
 
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(A, E, B) concatenated over every rank-1 block, reserve included."""
+        """(A, E, B) concatenated over every block of ranks, reserve included."""
         return torch.cat(list(self.lora_A), 0), torch.cat(list(self.lora_E), 0), torch.cat(list(self.lora_B), 1)
 
     def delta_weight(self) -> torch.Tensor:

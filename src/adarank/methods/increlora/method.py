@@ -108,7 +108,7 @@ class IncreLoRA(Method):
         self.exp_avg_ipt: torch.Tensor | None = None
         self.exp_avg_unc: torch.Tensor | None = None
         #: fast paths (tests/test_increlora_fast.py): in-place importance scoring in the layers,
-        #: and AdamW's foreach kernels over the many rank-1 blocks (the same arithmetic as the
+        #: and AdamW's foreach kernels over the many blocks of ranks (the same arithmetic as the
         #: per-tensor loop, which CPU AdamW uses by default); False = the plain oracle
         self.fast = True
         #: a module's Δr ranks of one growth as one block of parameters (layer.py); False = one
