@@ -238,7 +238,7 @@ def test_an_overshooting_last_event_stops_scoring_but_keeps_the_reserve_like_the
 
 def test_a_checkpoint_of_the_per_rank_layout_resumes_in_it():
     """A method state written before the rank blocks (no ``rank_blocks`` entry) rebuilds one
-    parameter per rank, so its tensors and optimizer state load; a new state rebuilds blocks."""
+    parameter per rank, so its tensors load into it; a new state rebuilds blocks."""
     from adarank.training.best_state import NoScheduler
     from adarank.training.checkpoint import load_tensors
 

@@ -181,11 +181,11 @@ def _load_increlora(model, adapter: Path, cfg, metrics, run_dir, rank) -> nn.Mod
     method = method_class("increlora")(cfg.method, cfg.task, threshold, cfg.model)
     model = method.prepare(model)
     growth = [json.loads(line) for line in (run_dir / "growth_log.jsonl").read_text().splitlines() if line.strip()]
+    summary = metrics.get("rank") or {}
     # the parameter layout of the run (one block per growth, or one parameter per rank before those)
-    rank_blocks = bool((metrics.get("rank") or {}).get("rank_blocks", False))
-    structure = {"reserve_added": True, "growth_log": growth, "rank_blocks": rank_blocks}
+    structure = {"reserve_added": True, "growth_log": growth, "rank_blocks": bool(summary.get("rank_blocks", False))}
     method.restore_structure(model, NoScheduler(), structure)
-    if (metrics.get("rank") or {}).get("reserve_zeroed"):
+    if summary.get("reserve_zeroed"):
         for layer in method.layers.values():
             layer.zero_reserve()
     state = torch.load(adapter / "trainable.pt", map_location="cpu")

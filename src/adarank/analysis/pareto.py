@@ -17,7 +17,9 @@ from adarank.analysis.paper import task_label
 from adarank.analysis.runs import is_fair
 
 PANELS = (("trainable_peak_total", "trainable parameters (peak)", True), ("wall_seconds", "wall time per run (s)", False))
-MARKERS = "osD^vP*Xh<>"  # with the 10 default colours: a distinct (colour, marker) for up to 110 methods
+#: the marker goes by row, the colour by method (labels.arm_color: one per Table I arm, grey for
+#: the others, which the markers then tell apart, up to 11 of them)
+MARKERS = "osD^vP*Xh<>"
 LEGEND_COLUMNS = 4
 
 

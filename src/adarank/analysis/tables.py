@@ -33,11 +33,6 @@ from adarank.analysis.runs import AXES, PAPER_MODEL, PAPER_SETUP, is_fair, proto
 EXPECTED_SEEDS = 3
 #: the fair protocol's seeds per cell (conf/sweep/fair_table1.yaml, mini_fair.yaml: seeds 1-5)
 FAIR_SEEDS = 5
-
-
-def expected_seeds(setup: str) -> int:
-    """Seeds a cell of this setup should have: n=k is printed only where k differs."""
-    return FAIR_SEEDS if is_fair(setup) else EXPECTED_SEEDS
 AVG = "avg"
 #: the row every other row is tested against (Welch's t-test over seeds), per table
 REFERENCE_ROW = {"table1": "triadapt_best", "table2": "orthogonal", "table3": "norm_r", "table4": "triadapt_linear"}
@@ -45,6 +40,11 @@ ALPHA = 0.05  # significance level of the mark
 SQUAD_TASK = "squad_v2"
 # alternative names a SQuAD metric may be recorded under
 METRIC_ALIASES = {"exact": ("exact", "exact_match", "em"), "f1": ("f1",)}
+
+
+def expected_seeds(setup: str) -> int:
+    """Seeds a cell of this setup should have: n=k is printed only where k differs."""
+    return FAIR_SEEDS if is_fair(setup) else EXPECTED_SEEDS
 
 Selector = Callable[[pd.DataFrame], pd.DataFrame]
 
