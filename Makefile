@@ -59,8 +59,8 @@ mini-fair: setup
 	$(MINI_FAIR_RUN) +sweep=mini_fair_search
 	@# widen the grid past every selected LR that is the lowest or highest searched, two runs at a
 	@# time, until each is inside its grid (select_lr --edge-runs; docs/fair-protocol.md)
-	round=0; while $(PY) -m adarank.analysis.select_lr $(MINI_FAIR)/raw --edge-runs > $(MINI_FAIR)/edge_runs.txt \
-	    && test -s $(MINI_FAIR)/edge_runs.txt; do \
+	round=0; while { $(PY) -m adarank.analysis.select_lr $(MINI_FAIR)/raw --edge-runs \
+	    > $(MINI_FAIR)/edge_runs.txt || exit 1; } && test -s $(MINI_FAIR)/edge_runs.txt; do \
 	  round=$$((round + 1)); test $$round -le 8 || { echo "mini-fair: edges left after 8 rounds" >&2; exit 1; }; \
 	  xargs -P 2 -L 1 sh -c 'HF_HUB_OFFLINE=1 $(PY) train.py -m +sweep=mini_fair_search results.root=$(MINI_FAIR)/raw \
 	    data.dir=$(GLUE_DIR) +sweep/mini_fair_task=$$0 +sweep/arm=$$1 protocol.lr_scale=$$2 \
