@@ -35,14 +35,13 @@ exit 0
 """
 
 
-def _fake_setup(tmp_path: Path) -> Path:
+def _fake_setup(tmp_path: Path) -> None:
     python = tmp_path / "venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text(FAKE_PYTHON)
     python.chmod(0o755)
     (tmp_path / "venv" / ".installed").touch()  # newer than pyproject.toml: `make setup` has nothing to do
     (tmp_path / "mf").mkdir()
-    return tmp_path
 
 
 def _make_mini_fair(tmp_path: Path) -> subprocess.CompletedProcess:
@@ -77,13 +76,13 @@ def test_widens_until_no_edge_is_left_then_runs_the_later_stages(tmp_path):
     (tmp_path / "edges2.txt").write_text("mrpc lora 0.25\n")
     result = _make_mini_fair(tmp_path)
     assert result.returncode == 0, result.stderr
-    stages = [_stage(c) for c in _calls(tmp_path)]
+    calls = _calls(tmp_path)
+    stages = [_stage(c) for c in calls]
     # the two runs of round 1 go two at a time (xargs -P 2): their order is free
     assert stages[:2] == ["search", "edge-runs?"]
     assert sorted(stages[2:4]) == ["widen mrpc lora 0.5", "widen stsb full 16"]
     assert stages[4:] == ["edge-runs?", "widen mrpc lora 0.25", "edge-runs?",
                           "select", "five seeds", "paper", "tables"]
-    calls = _calls(tmp_path)
     widening = next(c for c in calls if "protocol.lr_scale=0.25" in c)
     assert f"results.root={tmp_path}/mf/raw" in widening and "data.dir=/glue" in widening
     assert f"hydra.sweep.dir={tmp_path}/mf/hydra/edge/mrpc-lora-0.25" in widening
